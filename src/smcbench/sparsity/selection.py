@@ -1,0 +1,80 @@
+"""Which tensors are prunable.
+
+Presets follow the SMC-Bench paper: `all` prunes every Linear, Embedding and Conv weight (embeddings and classifier
+heads included: the paper's main setting); `encoder` keeps embeddings and heads dense (its Appendix C setting).
+Biases and norms are never selected. Every method of a run uses the same selection, so layer coverage cannot differ
+between methods (a defect of the public scripts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from smcbench.errors import SmcBenchError
+
+PRESETS = ("all", "encoder")
+
+# Conv1D is transformers' GPT-2 style linear layer; matched by name so the engine does not import transformers.
+_LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LINEAR_LIKE_NAMES = ("Conv1D",)
+
+# Task heads and poolers: dense under the `encoder` preset. The pooler feeds only the head, so it counts as head.
+HEAD_PATTERN = r"(^|\.)(classifier|lm_head|qa_outputs|pooler|score|heads?)(\.|$)"
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, _LINEAR_LIKE) or type(module).__name__ in _LINEAR_LIKE_NAMES:
+        return "linear"
+    return None
+
+
+def select_prunable(
+    model: nn.Module,
+    preset: str = "all",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> dict[str, nn.Parameter]:
+    """Return the prunable weights of `model`, keyed by their names in `model.named_parameters()`.
+
+    `include` / `exclude` are regular expressions searched in parameter names: `include` restricts the preset's
+    selection to matching names, `exclude` removes matching names. Order follows `named_parameters()` (it breaks
+    ties in pruning, so it must be stable). A parameter shared by several modules (tied weights) appears once.
+    """
+    if preset not in PRESETS:
+        raise SmcBenchError(f"unknown selection preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    try:
+        include_re = [re.compile(p) for p in include]
+        exclude_re = [re.compile(p) for p in exclude]
+    except re.error as err:
+        raise SmcBenchError(f"bad selection pattern: {err}; patterns are Python regular expressions") from err
+
+    kinds: dict[int, str] = {}
+    for module in model.modules():
+        kind = _kind(module)
+        weight = getattr(module, "weight", None)
+        if kind is not None and isinstance(weight, nn.Parameter):
+            kinds[id(weight)] = kind
+
+    selected: dict[str, nn.Parameter] = {}
+    for name, param in model.named_parameters():
+        kind = kinds.get(id(param))
+        if kind is None:
+            continue
+        if preset == "encoder" and (kind == "embedding" or re.search(HEAD_PATTERN, name)):
+            continue
+        if include_re and not any(p.search(name) for p in include_re):
+            continue
+        if any(p.search(name) for p in exclude_re):
+            continue
+        selected[name] = param
+    if not selected:
+        raise SmcBenchError(
+            f"no prunable tensor selected (preset {preset!r}, include {list(include)}, exclude {list(exclude)}): "
+            "the model needs Linear, Embedding or Conv weights matching the selection"
+        )
+    return selected

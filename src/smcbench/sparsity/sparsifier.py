@@ -1,0 +1,201 @@
+"""Masks over a model's prunable weights, kept exact through training.
+
+An optimizer-like object in the spirit of torch.ao.pruning's BaseSparsifier, but with no re-parametrisation:
+weights are zeroed in place and masks live beside the model, so `model.state_dict()` keeps its normal keys and a
+pruned Hugging Face model reloads with `from_pretrained`.
+
+Exactness through training, per optimizer update:
+- `mask_gradients()` before `optimizer.step()`: pruned weights get zero gradient;
+- on every mask change, pruned (and newly grown) positions get zero weight and zero optimizer state (Adam moments,
+  momentum), so momentum can never revive a pruned weight (the official masks never touched either);
+- `after_step()`: with Adam, AdamW and SGD, zero weight + zero gradient + zero state stays exactly zero, so the
+  weights are only re-masked for other optimizers, whose update rules we do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from smcbench.errors import SmcBenchError
+from smcbench.sparsity.allocation import (
+    NM_PATTERN,
+    Slot,
+    check_sparsity,
+    get_allocation,
+    prune_groups,
+    prune_n_m,
+)
+from smcbench.sparsity.report import LayerSparsity, layer_sparsity, overall_sparsity
+from smcbench.sparsity.rigl import rigl_update
+from smcbench.sparsity.scores import Score, make_score
+from smcbench.sparsity.selection import select_prunable
+
+MASK_FORMAT = "smcbench-masks/1"
+# Optimizers for which a zero weight with zero gradient and zero state stays exactly zero after a step.
+ZERO_PRESERVING_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+class Sparsifier:
+    def __init__(
+        self,
+        model: nn.Module,
+        preset: str = "all",
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> None:
+        self.model = model
+        self.selection = {"preset": preset, "include": list(include), "exclude": list(exclude)}
+        self.params: dict[str, nn.Parameter] = select_prunable(model, preset, include, exclude)
+        self.masks: dict[str, Tensor] = {
+            n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in self.params.items()
+        }
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    # --- setting masks ----------------------------------------------------------------------------------------
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Register an optimizer whose state is zeroed wherever masks prune or regrow."""
+        self.optimizers.append(optimizer)
+
+    def prune(self, sparsity: float, score: str | Score = "magnitude", allocation: str = "global") -> None:
+        """Prune to `sparsity` (fraction of zeros over the allocation's groups). Already-pruned weights stay
+        pruned. `allocation` is global, uniform, erk, or N:M such as 2:4 (then `sparsity` is ignored)."""
+        scorer = make_score(score) if isinstance(score, str) else score
+        slots = [Slot(n, p, self.masks[n]) for n, p in self.params.items()]
+        before = {n: m.clone() for n, m in self.masks.items()}
+        nm = NM_PATTERN.match(allocation)
+        if nm:
+            prune_n_m(slots, scorer, int(nm.group(1)), int(nm.group(2)))
+        else:
+            prune_groups(get_allocation(allocation)(slots, check_sparsity(sparsity)), scorer)
+        self._after_mask_change(before)
+
+    def rigl_step(self, fraction: float, grads: dict[str, Tensor] | None = None) -> None:
+        """One RigL update. Uses the dense gradients in `.grad` (call before `mask_gradients()`)."""
+        if grads is None:
+            grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
+        before = self.masks
+        self.masks = rigl_update(self.params, grads, self.masks, fraction)
+        self._after_mask_change(before)
+
+    def set_masks(self, masks: dict[str, Tensor]) -> None:
+        """Replace every mask (checked against the model), then enforce them."""
+        self._check_masks(masks, "the given masks")
+        before = self.masks
+        self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self.params}
+        self._after_mask_change(before)
+
+    @torch.no_grad()
+    def _after_mask_change(self, before: dict[str, Tensor]) -> None:
+        # Positions kept all along are untouched; pruned and newly grown ones start from zero weight and state.
+        for n, p in self.params.items():
+            stable = self.masks[n] & before[n]
+            p.mul_(stable)
+            for opt in self.optimizers:
+                for value in opt.state.get(p, {}).values():
+                    if isinstance(value, Tensor) and value.shape == p.shape:
+                        value.mul_(stable)
+
+    # --- during training ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights; call after backward, before the optimizer step."""
+        for n, p in self.params.items():
+            if p.grad is not None:
+                p.grad.mul_(self.masks[n])
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero pruned weights (and their optimizer state) now."""
+        self._after_mask_change(self.masks)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Call after the optimizer step: re-mask weights unless every optimizer keeps zeros exact by itself."""
+        if not all(isinstance(o, ZERO_PRESERVING_OPTIMIZERS) for o in self.optimizers):
+            for n, p in self.params.items():
+                p.mul_(self.masks[n])
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def layers(self) -> list[LayerSparsity]:
+        return layer_sparsity(self.masks)
+
+    def sparsity(self) -> float:
+        return overall_sparsity(self.layers())
+
+    # --- saving and loading -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"selection": dict(self.selection), "masks": {n: m.clone() for n, m in self.masks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_masks(state["masks"])
+
+    def save_masks(self, path: str | os.PathLike) -> None:
+        """Masks as safetensors (bool), written atomically: a crash never leaves a half-written file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": MASK_FORMAT, "selection": json.dumps(self.selection)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({n: m.contiguous().cpu() for n, m in self.masks.items()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_masks(self, path: str | os.PathLike) -> None:
+        self.set_masks(read_masks(path))
+
+    def squash(self) -> nn.Module:
+        """Enforce the masks one last time and detach from the model, which keeps its zeros."""
+        self.apply()
+        self.optimizers.clear()
+        return self.model
+
+    def _check_masks(self, masks: dict[str, Tensor], where: str) -> None:
+        missing = [n for n in self.params if n not in masks]
+        extra = [n for n in masks if n not in self.params]
+        if missing or extra:
+            raise SmcBenchError(
+                f"{where} do not fit the model: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}; use masks saved for this model "
+                f"and selection ({self.selection['preset']})"
+            )
+        for n, p in self.params.items():
+            if tuple(masks[n].shape) != tuple(p.shape):
+                raise SmcBenchError(
+                    f"{where}: mask {n!r} has shape {tuple(masks[n].shape)} but the weight has {tuple(p.shape)}; "
+                    "use masks saved for this model"
+                )
+
+
+def read_masks(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a mask file (safetensors, bool tensors). Never unpickles anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise SmcBenchError(f"mask file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            masks = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise SmcBenchError(f"mask file {str(path)!r} is not a readable safetensors file ({err})") from err
+    if meta.get("format") != MASK_FORMAT:
+        raise SmcBenchError(f"{str(path)!r} is not an smc-bench mask file (format {meta.get('format')!r})")
+    bad = [k for k, m in masks.items() if m.dtype != torch.bool]
+    if bad:
+        raise SmcBenchError(f"mask file {str(path)!r}: tensor {bad[0]!r} is {masks[bad[0]].dtype}, not bool")
+    return masks
