@@ -28,6 +28,7 @@ from smcbench.sparsity.scores import Score
 CHUNK = 1 << 18  # elements per chunk: 1 MiB of float32 temporaries, so each pass stays in cache
 SAMPLE = 1 << 19  # scores sampled to bracket the threshold
 SMALL_GROUP = 1 << 22  # groups up to this size are scored whole and cut with kthvalue directly
+_MIN_BAND = 1 << 20  # the bracket buffer's smallest capacity (floats)
 _BRACKET_Z = 5.0  # half-width of the bracket in standard deviations of the sample quantile (miss: ~1e-6)
 
 
@@ -125,7 +126,7 @@ def _bracket(group: _Group, k: int) -> tuple[float, float]:
     sample = torch.cat(samples).sort().values
     q = k / n
     half = _BRACKET_Z * math.sqrt(max(q * (1 - q), 1.0 / m) / m)
-    lo = -math.inf if q - half <= 0 else float(sample[int(math.floor((q - half) * m))])
+    lo = -math.inf if q - half <= 0 else float(sample[min(m - 1, int(math.floor((q - half) * m)))])
     hi = math.inf if q + half >= 1 else float(sample[min(m - 1, int(math.ceil((q + half) * m)))])
     return lo, hi
 
@@ -170,7 +171,7 @@ def find_cut(group: _Group, k: int) -> Cut:
     # Scores inside [lo, hi] go into one buffer allocated up front: small tensors kept between the chunks'
     # temporaries fragment the heap, and every chunk then faults in fresh pages (5x slower, +1 GB at 350M).
     expected = 2 * _BRACKET_Z * group.numel / math.sqrt(SAMPLE)
-    band = torch.empty(int(2.5 * expected) + (1 << 20), dtype=torch.float32)
+    band = torch.empty(int(2.5 * expected) + _MIN_BAND, dtype=torch.float32)
     pieces: list[tuple[int, int, int, int]] | None = []  # (tensor number, chunk start, band start, band stop)
     n_lt = n_le = used = 0
     for i, a, _, sc in group.chunk_scores():

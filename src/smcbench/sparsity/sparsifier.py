@@ -122,7 +122,8 @@ class Sparsifier:
     @torch.no_grad()
     def after_step(self) -> None:
         """Call after the optimizer step: re-mask weights unless every optimizer keeps zeros exact by itself."""
-        if not all(isinstance(o, ZERO_PRESERVING_OPTIMIZERS) for o in self.optimizers):
+        # Exact types: a subclass may override step() with another update rule.
+        if not all(type(o) in ZERO_PRESERVING_OPTIMIZERS for o in self.optimizers):
             for n, p in self.params.items():
                 p.mul_(self.masks[n])
 
