@@ -36,6 +36,7 @@ def pruned_values(sp):
     "make_opt",
     [
         lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
         lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
         lambda ps: torch.optim.SGD(ps, lr=1e-1, momentum=0.9, nesterov=True, weight_decay=0.01),
     ],

@@ -1,0 +1,1 @@
+"""Benchmarks: figures and ratios against anchors measured in the same run. Not tests."""

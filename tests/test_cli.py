@@ -1,0 +1,72 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors import safe_open
+
+from helpers import tiny_bert_config
+from smcbench.bench import threshold
+
+CLI = [sys.executable, "-c", "from smcbench.cli import main; main()"]
+
+
+def run(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import BertForMultipleChoice
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    BertForMultipleChoice(tiny_bert_config()).save_pretrained(path)
+    return path
+
+
+def test_prune_writes_masks_and_reports_exact_sparsity(tiny_model_dir, tmp_path):
+    out = run("prune", "--model", str(tiny_model_dir), "--sparsity", "0.36", "--json",
+              "--masks-out", str(tmp_path / "m.safetensors"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    total = sum(r["numel"] for r in report["layers"])
+    assert sum(r["pruned"] for r in report["layers"]) == round(0.36 * total)
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert set(f.keys()) == {r["name"] for r in report["layers"]}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sparsity", "1.0"], "sparsity must be a number in [0, 1)"),
+        (["--sparsity", "0.5", "--allocation", "nope"], "unknown allocation 'nope'"),
+        (["--sparsity", "0.5", "--preset", "heads"], "unknown selection preset 'heads'"),
+        (["--sparsity", "0.5", "--score", "snip"], "needs training data"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_a_nonzero_exit(tiny_model_dir, tmp_path, args, message):
+    out = run("prune", "--model", str(tiny_model_dir), *args, "--masks-out", str(tmp_path / "m.safetensors"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_unknown_model_is_one_error_line():
+    out = run("prune", "--model", "no-such-model", "--sparsity", "0.5")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "unknown model 'no-such-model'" in out.stderr
+
+
+def test_bench_threshold_json_has_every_key_and_the_engine_is_exact():
+    out = run("bench", "threshold", "--json", "--layers", "1", "--hidden", "32", "--vocab", "300")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    for key in ["engine_s", "engine_extra_mb", "engine_exact", "torch_prune_s", "torch_prune_extra_mb",
+                "concat_topk_s", "concat_topk_extra_mb", "floor_s", "params"]:
+        assert key in figures
+    assert figures["engine_exact"] is True
+    assert figures["params"] == sum(a * b for a, b in threshold.shapes(1, 32, 300))
