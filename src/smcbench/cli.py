@@ -66,6 +66,77 @@ def prune(
         typer.echo(format_table(sp.layers(), f"{model}: {score} / {allocation} at {sparsity}"))
 
 
+def parse_sparsities(text: str) -> list[float]:
+    """`grid` (1 − 0.8^k, k = 1..10), `grid:K` (k = 1..K), or comma-separated numbers."""
+    from smcbench.sparsity import imp_levels
+
+    text = text.strip()
+    if text == "grid" or text.startswith("grid:"):
+        return imp_levels(int(text.split(":")[1]) if ":" in text else 10)
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--sparsity {text!r}: give numbers like 0.2,0.488 or 'grid'")
+    for v in values:
+        if not 0.0 <= v < 1.0:
+            fail(f"--sparsity {v}: must be in [0, 1)")
+    return values
+
+
+@app.command()
+def run(
+    task: str = typer.Argument(..., help="family/dataset, e.g. commonsense/csqa, commonsense/winogrande."),
+    method: str = typer.Option("dense", help="dense, lth, omp_after, random_after, gmp, omp_before, "
+                               "random_before, snip, omp_rigl, random_rigl, snip_rigl."),
+    sparsity: str = typer.Option("", help="Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
+    model: str = typer.Option("minilm", help="minilm (offline), roberta-base, roberta-large, hub id or folder."),
+    data_dir: str = typer.Option(None, help="Folder holding commonsense/...; default: $SMCBENCH_DATA or "
+                                 "../shared/data."),
+    train_size: int = typer.Option(None, help="Use the first N training examples."),
+    val_size: int = typer.Option(200, help="Validation examples carved from the training data (selection)."),
+    eval_size: int = typer.Option(None, help="Use the first N evaluation examples."),
+    train_variant: str = typer.Option(None, help="WinoGrande training size: xs, s, m, l."),
+    max_length: int = typer.Option(128, help="Tokens per choice."),
+    epochs: float = typer.Option(1.0, help="Training epochs (ignored with --max-steps)."),
+    max_steps: int = typer.Option(None, help="Optimizer updates."),
+    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per update."),
+    lr: float = typer.Option(5e-5, help="Peak learning rate."),
+    warmup_ratio: float = typer.Option(0.06, help="Warmup fraction of the updates."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
+    eval_every: int = typer.Option(None, help="Validate every N updates (default: once, at the end)."),
+    seed: int = typer.Option(0, help="Seed of the head, data order and dropout."),
+    preset: str = typer.Option("all", help="Pruned tensors: all (paper main) or encoder (Appendix C)."),
+    interval: int = typer.Option(None, help="GMP / RigL interval in updates (default: 1/20 of training)."),
+    out: Path = typer.Option(Path("runs"), help="Output folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Run one method of the SMC-Bench protocol on one task at one or more sparsities."""
+    from smcbench.methods import SparseSettings
+    from smcbench.runner.single import RunRequest, execute
+    from smcbench.tasks import TaskSpec
+    from smcbench.training import TrainConfig
+
+    levels = parse_sparsities(sparsity) if sparsity else []
+    request = RunRequest(
+        spec=TaskSpec(task, model, data_dir, train_size, val_size, eval_size, max_length, train_variant, seed),
+        method=method,
+        sparsities=levels,
+        train=TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, batch_size=batch_size,
+                          grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, eval_every=eval_every,
+                          seed=seed),
+        settings=SparseSettings(preset=preset, interval=interval),
+        out=out,
+        progress=not quiet,
+    )
+    records = execute(request)
+    typer.echo(f"{'method':<14} {'target':>7} {'achieved':>9} {'accuracy':>9} {'chance':>7} {'train s':>8}  run")
+    for r in records:
+        m = r["metrics"]
+        typer.echo(f"{r['method']:<14} {r['target_sparsity']:>7.3f} {r['achieved_sparsity']:>9.4f} "
+                   f"{m['accuracy']:>9.4f} {m['chance']:>7.3f} {r['train_s']:>8.1f}  {r['dir']}")
+
+
 @bench_app.command("threshold")
 def bench_threshold(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

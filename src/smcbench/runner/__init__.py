@@ -1,0 +1,1 @@
+"""Runs on top of tasks, methods and the training loop: one method at a time here; the grid comes later."""

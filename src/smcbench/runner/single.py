@@ -1,0 +1,202 @@
+"""`smc-bench run`: one task, one method, a list of sparsities, one seed.
+
+Layout under `--out`:
+  dense/<id>/            the dense fine-tune shared by every After method of the same task, model, seed and config
+  runs/<method>/<task>/<id>/  config.json, result.json, masks.safetensors, model.safetensors
+  checkpoints/<id>/      training checkpoints while a run is under way (removed when it finishes)
+  results.jsonl          one line per finished run
+A run's id is the hash of its resolved config; a run whose result.json exists is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import smcbench
+from smcbench.errors import SmcBenchError
+from smcbench.methods import AFTER, Experiment, Outcome, SparseSettings, get_method
+from smcbench.runner.store import ResultStore
+from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
+from smcbench.sparsity.selection import select_prunable
+from smcbench.tasks import TaskRun, TaskSpec, get_task
+from smcbench.training import Callback, TrainConfig, train
+from smcbench.training.checkpoint import load_model_tensors, model_tensors, write_json
+
+
+def config_id(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+        return f"{smcbench.__version__}+{rev}"
+    except (OSError, subprocess.CalledProcessError):
+        return smcbench.__version__
+
+
+@dataclass
+class RunRequest:
+    spec: TaskSpec
+    method: str
+    sparsities: list[float]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    settings: SparseSettings = field(default_factory=SparseSettings)
+    out: Path = Path("runs")
+    progress: bool = True
+
+    def base_config(self) -> dict:
+        return {"task": self.spec.identity(), "train": self.train.to_dict(), "settings": asdict(self.settings)}
+
+    def run_config(self, sparsity: float) -> dict:
+        return {**self.base_config(), "method": self.method, "sparsity": round(sparsity, 6)}
+
+    def dense_config(self) -> dict:
+        # Sparse settings do not change the dense fine-tune.
+        return {"task": self.spec.identity(), "train": self.train.to_dict(), "method": "dense", "sparsity": 0.0}
+
+
+class LocalExperiment(Experiment):
+    def __init__(self, request: RunRequest, task: TaskRun) -> None:
+        self.request = request
+        self.task = task
+        self.settings = request.settings
+        self.batch_size = request.train.batch_size
+        examples, self.lengths = task.train_examples()
+        self.examples = examples
+        self.total_steps = request.train.total_steps(len(examples))
+        self.dense_trainings = 0
+        self.current_id: str | None = None
+        self.checkpoints: list[Path] = []
+
+    def initial_model(self) -> nn.Module:
+        return self.task.initial_model()
+
+    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str):
+        # One checkpoint folder per training (LTH trains several per run), removed when its run is written.
+        ckpt = self.request.out / "checkpoints" / config_id({"run": self.current_id, "tag": tag})
+        self.checkpoints.append(ckpt)
+        return train(model, self.examples, self.task.collate, self.request.train, lengths=self.lengths,
+                     evaluate=self.task.validate, callbacks=callbacks, checkpoint_dir=ckpt,
+                     loss_fn=self.task.loss, progress=self.request.progress, description=tag)
+
+    def loss(self, model: nn.Module, batch: dict):
+        return self.task.loss(model, batch)
+
+    def score_batches(self) -> Iterator[dict]:
+        return self.task.score_batches(self.batch_size)
+
+    def dense_model(self) -> nn.Module:
+        """A fresh copy of the dense fine-tune, trained the first time only."""
+        folder = dense_dir(self.request)
+        if not (folder / "result.json").is_file():
+            saved_id, self.current_id = self.current_id, config_id(self.request.dense_config())
+            model = self.initial_model()
+            start = time.perf_counter()
+            result = self.fine_tune(model, [], "dense (shared by After methods)")
+            self.dense_trainings += 1
+            outcome = Outcome(0.0, model, None, result)
+            record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
+                                time.perf_counter() - start)
+            ResultStore(self.request.out / "results.jsonl").append(record)
+            self.current_id = saved_id
+        model = self.initial_model()
+        load_model_tensors(model, load_file(str(folder / "model.safetensors")))
+        return model
+
+
+def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, config: dict, folder: Path,
+               wall_s: float) -> dict:
+    """Evaluate, write artefacts and result.json (last: its presence marks the run finished)."""
+    metrics = exp.task.evaluate(outcome.model)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if outcome.sparsifier is not None:
+        rows = layer_sparsity(outcome.sparsifier.masks)
+        outcome.sparsifier.save_masks(tmp / "masks.safetensors")
+    else:
+        rows = weight_sparsity(dict(select_prunable(outcome.model, request.settings.preset)))
+    save_file(model_tensors(outcome.model), str(tmp / "model.safetensors"))
+    run_id = config_id(config)
+    result = outcome.train
+    record = {
+        "run_id": run_id,
+        "task": request.spec.task,
+        "model": request.spec.model,
+        "method": config["method"],
+        "target_sparsity": config["sparsity"],
+        "achieved_sparsity": overall_sparsity(rows),
+        "layers": as_records(rows),
+        "metrics": metrics,
+        "validation_best": result.best_metric,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "seed": request.spec.seed,
+        "train_s": result.seconds,
+        "wall_s": wall_s,
+        "examples_per_s": result.examples_per_second,
+        "notes": outcome.notes,
+        "config": config,
+        "code_version": code_version(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(tmp / "config.json", config)
+    write_json(tmp / "result.json", {**record, "dir": str(folder)})
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    for ckpt in exp.checkpoints:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    exp.checkpoints.clear()
+    return {**record, "dir": str(folder)}
+
+
+def run_dir(request: RunRequest, config: dict) -> Path:
+    return request.out / "runs" / config["method"] / request.spec.task.replace("/", "-") / config_id(config)
+
+
+def dense_dir(request: RunRequest) -> Path:
+    return request.out / "dense" / config_id(request.dense_config())
+
+
+def execute(request: RunRequest) -> list[dict]:
+    """Run what is missing; return the record of every requested run (finished now or before)."""
+    task = get_task(request.spec)
+    if request.method == "dense":
+        done = dense_dir(request) / "result.json"
+        if not done.is_file():
+            LocalExperiment(request, task).dense_model()
+        return [json.loads(done.read_text())]
+    method = get_method(request.method)
+    if not request.sparsities:
+        raise SmcBenchError("no sparsity given: pass --sparsity (e.g. 0.2,0.488 or grid)")
+    done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
+    pending = [s for s in request.sparsities if not done[s].is_file()]
+    if pending:
+        exp = LocalExperiment(request, task)
+        if request.method in AFTER:
+            exp.dense_model()  # trained once, before any sparse run starts
+        store = ResultStore(request.out / "results.jsonl")
+        # LTH reaches every level on the way to the highest: one chain of rounds.
+        for target in [max(pending)] if request.method == "lth" else pending:
+            exp.current_id = config_id(request.run_config(target))
+            started = time.perf_counter()
+            for outcome in method(exp, [target]):
+                config = request.run_config(outcome.sparsity)
+                folder = run_dir(request, config)
+                if not (folder / "result.json").is_file():
+                    store.append(finish_run(request, exp, outcome, config, folder, time.perf_counter() - started))
+                started = time.perf_counter()
+    return [json.loads(p.read_text()) for p in done.values()]

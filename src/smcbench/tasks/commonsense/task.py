@@ -1,0 +1,139 @@
+"""Multiple-choice commonsense tasks with any Hugging Face encoder (AutoModelForMultipleChoice): each choice is
+encoded with the question, the first-token representation goes to a classifier, as in the paper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from smcbench.errors import SmcBenchError
+from smcbench.models import load_pretrained, resolve_model
+from smcbench.tasks.commonsense.data import MCExample, read_csqa, read_race, read_winogrande
+from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
+
+Features = dict[str, list[list[int]] | int]
+EVAL_BATCH = 32
+
+
+class MultipleChoiceRun(TaskRun):
+    def __init__(self, spec: TaskSpec, name: str, read: Callable[[Path, str], list[MCExample]],
+                 eval_split: str, num_choices: int, truncation: str = "longest_first") -> None:
+        super().__init__(spec)
+        self.name = name
+        self.read = read
+        self.eval_split = eval_split
+        self.chance = 1.0 / num_choices
+        self.truncation = truncation
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(resolve_model(self.spec.model))
+
+    def _encode(self, examples: list[MCExample]) -> list[Features]:
+        firsts = [c.first for e in examples for c in e.choices]
+        seconds = [c.second for e in examples for c in e.choices]
+        enc = self.tokenizer(firsts, seconds, truncation=self.truncation, max_length=self.spec.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+        out, at = [], 0
+        for e in examples:
+            n = len(e.choices)
+            feats: Features = {k: enc[k][at:at + n] for k in keys}
+            feats["label"] = -100 if e.label is None else e.label
+            out.append(feats)
+            at += n
+        return out
+
+    @cached_property
+    def _splits(self) -> tuple[list[Features], list[Features]]:
+        rows = self.read(self.data_dir, "train")
+        val_size = min(self.spec.val_size, len(rows) // 5)
+        if val_size < 1:
+            raise SmcBenchError(f"{self.name}: too few training examples ({len(rows)}) to carve a validation split")
+        pool, val = rows[: len(rows) - val_size], rows[len(rows) - val_size:]
+        if self.spec.train_size is not None:
+            if self.spec.train_size < 1:
+                raise SmcBenchError(f"train size must be >= 1, got {self.spec.train_size}")
+            pool = pool[: self.spec.train_size]
+        return self._encode(pool), self._encode(val)
+
+    @cached_property
+    def _eval(self) -> list[Features]:
+        rows = self.read(self.data_dir, self.eval_split)
+        if self.spec.eval_size is not None:
+            rows = rows[: self.spec.eval_size]
+        if any(r.label is None for r in rows):
+            raise SmcBenchError(f"{self.name}: the {self.eval_split} split has unlabelled examples")
+        return self._encode(rows)
+
+    def train_examples(self) -> tuple[Sequence[Features], list[int]]:
+        train, _ = self._splits
+        return train, [max(len(ids) for ids in f["input_ids"]) for f in train]
+
+    def collate(self, examples: list[Features]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for f in examples for ids in f["input_ids"])
+        pad = self.tokenizer.pad_token_id or 0
+        batch = {}
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            if key in examples[0]:
+                fill = pad if key == "input_ids" else 0
+                batch[key] = torch.tensor(
+                    [[ids + [fill] * (width - len(ids)) for ids in f[key]] for f in examples], dtype=torch.long
+                )
+        batch["labels"] = torch.tensor([f["label"] for f in examples], dtype=torch.long)
+        return batch
+
+    def initial_model(self) -> nn.Module:
+        torch.manual_seed(self.spec.seed)  # the head's initial weights are part of θ0
+        return load_pretrained(self.spec.model, "AutoModelForMultipleChoice")
+
+    @torch.no_grad()
+    def _accuracy(self, model: nn.Module, features: list[Features]) -> float:
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(features)), key=lambda i: max(len(x) for x in features[i]["input_ids"]))
+        correct = 0
+        device = next(model.parameters()).device
+        for a in range(0, len(order), EVAL_BATCH):
+            batch = self.collate([features[i] for i in order[a:a + EVAL_BATCH]])
+            labels = batch.pop("labels").to(device)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            correct += int((logits.argmax(-1) == labels).sum())
+        model.train(was_training)
+        return correct / len(features)
+
+    def validate(self, model: nn.Module) -> float:
+        return self._accuracy(model, self._splits[1])
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {"accuracy": self._accuracy(model, self._eval), "chance": self.chance, "eval_examples": len(self._eval)}
+
+
+@register_task("commonsense/csqa")
+def csqa(spec: TaskSpec) -> TaskRun:
+    # The test split is unlabelled: evaluate on dev, as the paper.
+    return MultipleChoiceRun(spec, "commonsense/csqa", read_csqa, "dev", 5)
+
+
+@register_task("commonsense/winogrande")
+def winogrande(spec: TaskSpec) -> TaskRun:
+    size = spec.train_variant or "l"
+    return MultipleChoiceRun(spec, "commonsense/winogrande",
+                             lambda root, split: read_winogrande(root, split, size), "dev", 2)
+
+
+@register_task("commonsense/race-m")
+def race_middle(spec: TaskSpec) -> TaskRun:
+    return MultipleChoiceRun(spec, "commonsense/race-m", lambda root, split: read_race(root, split, "middle"),
+                             "test", 4, truncation="only_first")
+
+
+@register_task("commonsense/race-h")
+def race_high(spec: TaskSpec) -> TaskRun:
+    return MultipleChoiceRun(spec, "commonsense/race-h", lambda root, split: read_race(root, split, "high"),
+                             "test", 4, truncation="only_first")

@@ -1,0 +1,118 @@
+"""The task registry and the interface every task offers to the methods and the runner."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smcbench.errors import SmcBenchError
+
+FAMILIES = ("commonsense",)
+_TASKS: dict[str, Callable[[TaskSpec], TaskRun]] = {}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything that fixes a task's data and model: part of every run's identity."""
+
+    task: str
+    model: str = "minilm"
+    data_dir: str | None = None
+    train_size: int | None = None  # first N training examples (after the validation split is set aside)
+    val_size: int = 200  # validation examples carved from the end of the training data, for model selection
+    eval_size: int | None = None  # first N evaluation examples
+    max_length: int = 128
+    train_variant: str | None = None  # e.g. WinoGrande's xs, s, m, l
+    seed: int = 0
+
+    def identity(self) -> dict:
+        """The fields that change results (the data folder's location does not)."""
+        out = asdict(self)
+        out.pop("data_dir")
+        return out
+
+
+def default_data_dir() -> Path:
+    """`--data-dir`, else $SMCBENCH_DATA, else ../shared/data beside the working directory when present."""
+    env = os.environ.get("SMCBENCH_DATA")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), *Path.cwd().parents[:2]):
+        candidate = base / ".." / "shared" / "data"
+        if candidate.is_dir():
+            return candidate.resolve()
+    return Path("data")
+
+
+class TaskRun(ABC):
+    """One task with one model and data configuration: what the sparse methods need."""
+
+    name: str
+    metric: str = "accuracy"
+    chance: float = 0.0
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.data_dir = Path(spec.data_dir) if spec.data_dir else default_data_dir()
+
+    @abstractmethod
+    def initial_model(self) -> nn.Module:
+        """θ0: the pretrained weights with a head initialised from the spec's seed (the same every call)."""
+
+    @abstractmethod
+    def train_examples(self) -> tuple[Sequence[Any], list[int]]:
+        """Training examples (ready for `collate`) and their lengths, for bucketing."""
+
+    @abstractmethod
+    def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def validate(self, model: nn.Module) -> float:
+        """The model-selection metric on the validation split (carved from the training data)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Metrics on the evaluation split; includes `self.metric`."""
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    def score_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches in a seeded order, for data-dependent pruning scores (SNIP)."""
+        examples, _ = self.train_examples()
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.spec.seed)).tolist()
+        for a in range(0, len(order), batch_size):
+            yield self.collate([examples[i] for i in order[a:a + batch_size]])
+
+
+def register_task(name: str) -> Callable[[Callable[[TaskSpec], TaskRun]], Callable[[TaskSpec], TaskRun]]:
+    def add(factory: Callable[[TaskSpec], TaskRun]) -> Callable[[TaskSpec], TaskRun]:
+        _TASKS[name] = factory
+        return factory
+
+    return add
+
+
+def _load_families() -> None:
+    for family in FAMILIES:
+        importlib.import_module(f"smcbench.tasks.{family}")
+
+
+def known_tasks() -> list[str]:
+    _load_families()
+    return sorted(_TASKS)
+
+
+def get_task(spec: TaskSpec) -> TaskRun:
+    _load_families()
+    if spec.task not in _TASKS:
+        raise SmcBenchError(f"unknown task {spec.task!r}: choose one of {', '.join(sorted(_TASKS))}")
+    return _TASKS[spec.task](spec)
