@@ -15,3 +15,17 @@ def tiny_bert():
 
     torch.manual_seed(0)
     return BertForMultipleChoice(tiny_bert_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    from helpers import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    from helpers import make_commonsense_data
+
+    return make_commonsense_data(tmp_path_factory.mktemp("data"))

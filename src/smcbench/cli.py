@@ -194,6 +194,30 @@ def bench_overhead(
     typer.echo(f"  ratio   {out['ratio']:.3f}x")
 
 
+@bench_app.command("loop")
+def bench_loop(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    train_size: int = typer.Option(2000, help="First N CSQA training questions."),
+    eval_size: int = typer.Option(600, help="First M dev questions for accuracy."),
+    batch_size: int = typer.Option(8, help="Questions per step."),
+    max_length: int = typer.Option(64, help="Tokens per choice."),
+    data_dir: str = typer.Option(None, help="Folder holding commonsense/csqa."),
+) -> None:
+    """Our training loop vs a plain Hugging Face Trainer on the same CSQA setting: questions/s and accuracy."""
+    from smcbench.bench import loop
+
+    out = loop.run(train_size, eval_size, batch_size, max_length=max_length, data_dir=data_dir)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"MiniLM on the first {train_size} CSQA questions, batch {batch_size}, 1 epoch, max length {max_length}")
+    for side in ("trainer", "ours"):
+        r = out[side]
+        typer.echo(f"  {side:<8} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
+                   f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions")
+    typer.echo(f"  speed-up {out['speedup']:.2f}x")
+
+
 def main() -> None:
     try:
         app()

@@ -27,6 +27,7 @@ from smcbench.errors import SmcBenchError
 from smcbench.methods import AFTER, Experiment, Outcome, SparseSettings, get_method
 from smcbench.runner.store import ResultStore
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
+from smcbench.sparsity.schedules import imp_round
 from smcbench.sparsity.selection import select_prunable
 from smcbench.tasks import TaskRun, TaskSpec, get_task
 from smcbench.training import Callback, TrainConfig, train
@@ -182,6 +183,9 @@ def execute(request: RunRequest) -> list[dict]:
     method = get_method(request.method)
     if not request.sparsities:
         raise SmcBenchError("no sparsity given: pass --sparsity (e.g. 0.2,0.488 or grid)")
+    if request.method == "lth":
+        for s in request.sparsities:
+            imp_round(s)  # fail before any training when a level is out of LTH's reach
     done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
     pending = [s for s in request.sparsities if not done[s].is_file()]
     if pending:

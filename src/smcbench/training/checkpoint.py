@@ -33,7 +33,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:
-    """State dict with shared storage de-duplicated (safetensors refuses aliases)."""
+    """A copy of the state dict (never views of the live weights), shared storage de-duplicated (safetensors
+    refuses aliases)."""
     seen: dict[int, str] = {}
     out = {}
     for name, t in model.state_dict().items():
@@ -41,7 +42,7 @@ def model_tensors(model: nn.Module) -> dict[str, Tensor]:
         if key in seen and t.numel():
             continue
         seen[key] = name
-        out[name] = t.detach().contiguous().cpu()
+        out[name] = t.detach().cpu().clone()
     return out
 
 

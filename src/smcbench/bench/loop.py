@@ -1,0 +1,94 @@
+"""`smc-bench bench loop`: our training loop vs a plain Hugging Face `Trainer`, side by side.
+
+Same model (MiniLM), data (the first N CSQA training questions, the same tokenisation), batch size, learning rate,
+linear schedule without warmup, no weight decay (Trainer's default), gradient clipping at 1.0, one epoch, dynamic
+padding (`DataCollatorForMultipleChoice` for the Trainer). Each side runs in its own subprocess; both evaluate on the
+same first M dev questions. Reports questions/s of training and accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from smcbench.bench.measure import in_subprocess
+
+
+def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None):
+    from smcbench.tasks import TaskSpec, get_task
+
+    return get_task(TaskSpec("commonsense/csqa", "minilm", data_dir, train_size, 200, eval_size, max_length))
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    from smcbench.training import TrainConfig, train
+
+    task = _task(args.train_size, args.eval_size, args.max_length, args.data_dir)
+    examples, lengths = task.train_examples()
+    model = task.initial_model()
+    cfg = TrainConfig(lr=args.lr, weight_decay=0.0, warmup_ratio=0.0, batch_size=args.batch_size, epochs=1.0,
+                      seed=args.seed)
+    result = train(model, examples, task.collate, cfg, lengths=lengths, progress=False)
+    return {"side": "ours", "train_s": result.seconds, "questions": result.examples_seen,
+            "questions_per_s": result.examples_per_second, "accuracy": task.evaluate(model)["accuracy"]}
+
+
+def run_trainer(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    from transformers import DataCollatorForMultipleChoice, Trainer, TrainingArguments
+
+    task = _task(args.train_size, args.eval_size, args.max_length, args.data_dir)
+    examples, _ = task.train_examples()
+    rows = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"],
+             "attention_mask": f["attention_mask"], "label": f["label"]} for f in examples]
+    model = task.initial_model()
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+            num_train_epochs=1, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+            logging_strategy="no", save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
+            disable_tqdm=True, dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=targs, train_dataset=rows,
+                          data_collator=DataCollatorForMultipleChoice(task.tokenizer))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"side": "trainer", "train_s": seconds, "questions": len(rows), "questions_per_s": len(rows) / seconds,
+            "accuracy": task.evaluate(model)["accuracy"]}
+
+
+def run(train_size: int = 2000, eval_size: int = 600, batch_size: int = 8, lr: float = 5e-5,
+        max_length: int = 64, seed: int = 0, data_dir: str | None = None) -> dict:
+    common = ["--train-size", str(train_size), "--eval-size", str(eval_size), "--batch-size", str(batch_size),
+              "--lr", str(lr), "--max-length", str(max_length), "--seed", str(seed)]
+    if data_dir:
+        common += ["--data-dir", data_dir]
+    trainer = in_subprocess(__name__, "--side", "trainer", *common)
+    ours = in_subprocess(__name__, "--side", "ours", *common)
+    return {"trainer": trainer, "ours": ours, "speedup": ours["questions_per_s"] / trainer["questions_per_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", choices=("ours", "trainer"), required=True)
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--eval-size", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(args.seed)
+    print(json.dumps(run_ours(args) if args.side == "ours" else run_trainer(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Every method end to end on a tiny random-init BERT and tiny CSQA files, with the paper's semantics."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smcbench.methods import METHODS, SparseSettings
+from smcbench.runner.single import LocalExperiment, RunRequest, execute
+from smcbench.sparsity import read_masks
+from smcbench.tasks import TaskSpec
+from smcbench.training import TrainConfig
+
+SPARSE_METHODS = [m for m in METHODS if m != "dense"]
+
+
+def request(tiny_model_path, data_root, out, method, sparsities, **settings):
+    return RunRequest(
+        spec=TaskSpec("commonsense/csqa", tiny_model_path, str(data_root), train_size=24, val_size=8, eval_size=8,
+                      max_length=32),
+        method=method,
+        sparsities=sparsities,
+        train=TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3),
+        settings=SparseSettings(**settings),
+        out=out,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_every_method_runs_and_reaches_its_target_exactly(method, tiny_model_path, data_root, tmp_path):
+    records = execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36]))
+    assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
+    for r in records:
+        s = r["target_sparsity"]
+        if method.startswith("random"):  # uniform allocation: exact in every layer (its groups)
+            assert all(layer["pruned"] == round(s * layer["numel"]) for layer in r["layers"])
+        else:  # global allocation: exact over all selected weights
+            total = sum(layer["numel"] for layer in r["layers"])
+            assert sum(layer["pruned"] for layer in r["layers"]) == round(s * total)
+        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metrics"]["chance"] == 0.2
+        masks = read_masks(f"{r['dir']}/masks.safetensors")
+        from safetensors.torch import load_file
+
+        weights = load_file(f"{r['dir']}/model.safetensors")
+        assert all(torch.count_nonzero(weights[n][~m]) == 0 for n, m in masks.items())
+    assert not list((tmp_path / "checkpoints").glob("*"))  # finished runs leave no checkpoint behind
+
+
+def test_snip_rigl_is_actually_sparse_and_moves_connections(tiny_model_path, data_root, tmp_path):
+    # The official README's SNIP + RigL command ('SNIP' vs 'snip') silently trained dense.
+    [r] = execute(request(tiny_model_path, data_root, tmp_path, "snip_rigl", [0.488], interval=1))
+    assert r["achieved_sparsity"] == pytest.approx(0.488, abs=1e-4)
+    assert r["notes"]["rigl_updates"] >= 2
+
+
+def test_after_methods_share_one_dense_fine_tune(tiny_model_path, data_root, tmp_path):
+    for method in ("omp_after", "random_after", "lth"):
+        execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36]))
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [x["method"] for x in lines].count("dense") == 1
+    assert len(list((tmp_path / "dense").iterdir())) == 1
+    again = execute(request(tiny_model_path, data_root, tmp_path, "omp_after", [0.2, 0.36]))
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(lines)  # nothing re-run
+    assert [r["target_sparsity"] for r in again] == [0.2, 0.36]
+
+
+class Spy(LocalExperiment):
+    """Records the weights each fine-tune starts from."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.starts = []
+
+    def fine_tune(self, model, callbacks, tag):
+        self.starts.append((tag, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return super().fine_tune(model, callbacks, tag)
+
+
+def run_spy(tiny_model_path, data_root, tmp_path, method, sparsities):
+    from smcbench.methods import get_method
+    from smcbench.tasks import get_task
+
+    req = request(tiny_model_path, data_root, tmp_path, method, sparsities)
+    exp = Spy(req, get_task(req.spec))
+    outcomes = list(get_method(method)(exp, sparsities))
+    return exp, outcomes
+
+
+def test_lth_rewinds_to_theta_zero_every_round(tiny_model_path, data_root, tmp_path):
+    exp, outcomes = run_spy(tiny_model_path, data_root, tmp_path, "lth", [0.36])
+    assert [round(o.sparsity, 3) for o in outcomes] == [0.2, 0.36]
+    theta0 = dict(exp.initial_model().named_parameters())
+    lth_starts = [w for tag, w in exp.starts if tag.startswith("lth")]
+    assert len(lth_starts) == 2
+    for start, outcome in zip(lth_starts, outcomes, strict=True):
+        for name, w in start.items():
+            expected = theta0[name].detach()
+            if name in outcome.sparsifier.masks:
+                expected = expected * outcome.sparsifier.masks[name]
+            assert torch.equal(w, expected), name
+    # IMP: round 2's mask only removes weights from round 1's.
+    assert all(bool((outcomes[1].sparsifier.masks[n] <= outcomes[0].sparsifier.masks[n]).all())
+               for n in outcomes[0].sparsifier.masks)
+
+
+def test_omp_after_starts_from_the_pruned_dense_checkpoint(tiny_model_path, data_root, tmp_path):
+    exp, outcomes = run_spy(tiny_model_path, data_root, tmp_path, "omp_after", [0.36])
+    dense = dict(exp.dense_model().named_parameters())
+    [(tag, start)] = [(t, w) for t, w in exp.starts if t.startswith("magnitude_after")]
+    masks = outcomes[0].sparsifier.masks
+    for name, w in start.items():
+        assert torch.equal(w, dense[name].detach() * masks[name] if name in masks else dense[name].detach())
+    assert exp.dense_trainings == 1
+    theta0 = dict(exp.initial_model().named_parameters())
+    assert not torch.equal(dense["classifier.weight"], theta0["classifier.weight"])  # it was fine-tuned
+
+
+def test_random_after_masks_are_not_magnitude_masks(tiny_model_path, data_root, tmp_path):
+    # The official "Random (After)" ran magnitude pruning.
+    _, omp = run_spy(tiny_model_path, data_root, tmp_path, "omp_after", [0.5])
+    _, rnd = run_spy(tiny_model_path, data_root, tmp_path, "random_after", [0.5])
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    a, b = omp[0].sparsifier.masks[name], rnd[0].sparsifier.masks[name]
+    agreement = float((a == b).float().mean())
+    assert 0.4 < agreement < 0.6  # chance agreement, not identity
+    rows = rnd[0].sparsifier.layers()
+    assert all(abs(r.sparsity - 0.5) < 0.01 for r in rows)  # uniform per layer, as the public Random
+
+
+def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_path):
+    base = [sys.executable, "-c", "from smcbench.cli import main; main()", "run"]
+    cases = [
+        (["commonsense/nope", "--data-dir", str(data_root)], "unknown task"),
+        (["commonsense/csqa", "--method", "imp", "--sparsity", "0.2", "--data-dir", str(data_root),
+          "--model", tiny_model_path], "unknown method 'imp'"),
+        (["commonsense/csqa", "--method", "omp_before", "--sparsity", "0.2", "--data-dir", str(tmp_path),
+          "--model", tiny_model_path], "pass --data-dir"),
+        (["commonsense/csqa", "--method", "lth", "--sparsity", "0.5", "--data-dir", str(data_root),
+          "--model", tiny_model_path, "--max-steps", "2"], "not an IMP level"),
+        (["commonsense/csqa", "--method", "gmp", "--sparsity", "1.2", "--data-dir", str(data_root)],
+         "must be in [0, 1)"),
+    ]
+    for args, message in cases:
+        out = subprocess.run([*base, *args, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                             check=False)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], out.stderr
