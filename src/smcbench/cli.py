@@ -22,7 +22,8 @@ app.add_typer(bench_app, name="bench")
 
 def fail(message: str) -> None:
     """One line on stderr, exit status 2: bad input is never a traceback."""
-    typer.echo(f"smc-bench: error: {message}", err=True)
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    typer.echo(f"smc-bench: error: {first}", err=True)
     sys.exit(2)
 
 

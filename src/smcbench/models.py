@@ -42,20 +42,27 @@ def resolve_model(name: str) -> str:
     return hub_id
 
 
-def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice"):
-    """Load a model with a `transformers` Auto class; one clear error when it cannot be had."""
+def _from_pretrained(name: str, auto_class: str):
     import transformers
 
     path = resolve_model(name)
     # The load report and progress bar say a fresh head is initialised: expected here, noise on every run.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    cls = getattr(transformers, auto_class)
     try:
-        return cls.from_pretrained(path)
+        return getattr(transformers, auto_class).from_pretrained(path)
     except (OSError, ValueError) as err:
         offline = " (offline: HF_HUB_OFFLINE=1; use `minilm` or a local folder)" if os.environ.get(
             "HF_HUB_OFFLINE"
         ) == "1" else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SmcBenchError(f"cannot load model {name!r} from {path!r}{offline}: {first}") from err
+        raise SmcBenchError(f"cannot load {name!r} from {path!r}{offline}: {first}") from err
+
+
+def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice"):
+    """Load a model with a `transformers` Auto class; one clear error when it cannot be had."""
+    return _from_pretrained(name, auto_class)
+
+
+def load_tokenizer(name: str):
+    return _from_pretrained(name, "AutoTokenizer")

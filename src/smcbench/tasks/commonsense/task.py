@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from smcbench.errors import SmcBenchError
-from smcbench.models import load_pretrained, resolve_model
+from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.tasks.commonsense.data import MCExample, read_csqa, read_race, read_winogrande
 from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
 
@@ -31,9 +31,7 @@ class MultipleChoiceRun(TaskRun):
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(resolve_model(self.spec.model))
+        return load_tokenizer(self.spec.model)
 
     def _encode(self, examples: list[MCExample]) -> list[Features]:
         firsts = [c.first for e in examples for c in e.choices]
