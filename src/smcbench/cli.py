@@ -203,9 +203,23 @@ def bench_loop(
     batch_size: int = typer.Option(8, help="Questions per step."),
     max_length: int = typer.Option(64, help="Tokens per choice."),
     data_dir: str = typer.Option(None, help="Folder holding commonsense/csqa."),
+    profile: bool = typer.Option(False, "--profile", help="Instead: where our loop's step time goes."),
 ) -> None:
     """Our training loop vs a plain Hugging Face Trainer on the same CSQA setting: questions/s and accuracy."""
     from smcbench.bench import loop
+
+    if profile:
+        prof = loop.profile(batch_size=batch_size, max_length=max_length, data_dir=data_dir)
+        if as_json:
+            typer.echo(json.dumps(prof))
+            return
+        typer.echo(f"our loop, MiniLM on CSQA at 50 % sparsity, batch {batch_size}: {prof['step_ms']:.0f} ms a step")
+        for name, ms in prof["phases_ms"].items():
+            typer.echo(f"  {name:<20} {ms:7.1f} ms  {ms / prof['step_ms']:6.1%}")
+        typer.echo("  heaviest operators (self time):")
+        for name, ms in prof["top_ops_self_ms"].items():
+            typer.echo(f"    {name:<36} {ms:7.1f} ms")
+        return
 
     out = loop.run(train_size, eval_size, batch_size, max_length=max_length, data_dir=data_dir)
     if as_json:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from torch import nn
 
@@ -65,19 +66,22 @@ class Outcome:
     notes: dict = field(default_factory=dict)
 
 
-class Experiment:
+class Experiment(Protocol):
     """What methods need: θ0, a fine-tune with callbacks, the shared dense model, SNIP batches. The runner
-    implements it (with caching of the dense fine-tune); tests can implement it with tiny models."""
+    implements it (caching the dense fine-tune); tests can implement it with tiny models."""
 
     settings: SparseSettings
     total_steps: int
     batch_size: int
 
-    def initial_model(self) -> nn.Module: ...
+    def initial_model(self) -> nn.Module:
+        """θ0: pretrained weights and the head's seeded initial weights, identical at every call."""
 
-    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str) -> object: ...
+    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str) -> object:
+        """Train `model` in place with the full schedule; returns the loop's TrainResult."""
 
-    def dense_model(self) -> nn.Module: ...
+    def dense_model(self) -> nn.Module:
+        """A fresh copy of the dense fine-tune (trained once per experiment configuration)."""
 
     def loss(self, model: nn.Module, batch: dict) -> object: ...
 

@@ -63,6 +63,36 @@ def run_trainer(args: argparse.Namespace) -> dict:
             "accuracy": task.evaluate(model)["accuracy"]}
 
 
+PHASES = ("collate", "forward", "backward", "sparsity callbacks", "optimizer")
+
+
+def profile(steps: int = 20, sparsity: float = 0.5, max_length: int = 64, batch_size: int = 8,
+            data_dir: str | None = None) -> dict:
+    """Where a training step's time goes: our loop on CSQA with masks enforced at `sparsity`, under
+    torch.profiler; the loop's phases and the heaviest operators, in ms per step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from smcbench.sparsity import Sparsifier
+    from smcbench.training import MaskEnforcer, TrainConfig, train
+
+    task = _task(steps * batch_size, 50, max_length, data_dir)
+    examples, lengths = task.train_examples()
+    model = task.initial_model()
+    sp = Sparsifier(model)
+    sp.prune(sparsity)
+    cfg = TrainConfig(batch_size=batch_size, max_steps=steps)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = train(model, examples, task.collate, cfg, lengths=lengths, callbacks=[MaskEnforcer(sp)],
+                       progress=False)
+    events = prof.key_averages()
+    step_ms = result.seconds * 1000 / steps
+    phases = {e.key: e.cpu_time_total / 1000 / steps for e in events if e.key in PHASES}
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:10]
+    return {"step_ms": step_ms, "phases_ms": phases,
+            "top_ops_self_ms": {e.key: e.self_cpu_time_total / 1000 / steps for e in ops}}
+
+
 def run(train_size: int = 2000, eval_size: int = 600, batch_size: int = 8, lr: float = 5e-5,
         max_length: int = 64, seed: int = 0, data_dir: str | None = None) -> dict:
     common = ["--train-size", str(train_size), "--eval-size", str(eval_size), "--batch-size", str(batch_size),

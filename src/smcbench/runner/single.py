@@ -24,7 +24,7 @@ from torch import nn
 
 import smcbench
 from smcbench.errors import SmcBenchError
-from smcbench.methods import AFTER, Experiment, Outcome, SparseSettings, get_method
+from smcbench.methods import AFTER, Outcome, SparseSettings, get_method
 from smcbench.runner.store import ResultStore
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
 from smcbench.sparsity.schedules import imp_round
@@ -68,7 +68,9 @@ class RunRequest:
         return {"task": self.spec.identity(), "train": self.train.to_dict(), "method": "dense", "sparsity": 0.0}
 
 
-class LocalExperiment(Experiment):
+class LocalExperiment:
+    """The `Experiment` of smcbench.methods for one task on this machine."""
+
     def __init__(self, request: RunRequest, task: TaskRun) -> None:
         self.request = request
         self.task = task

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from smcbench.errors import SmcBenchError
@@ -202,23 +203,28 @@ def train(
             group = batches[position:position + cfg.grad_accum]
             count = sum(len(b) for b in group)
             for indices in group:
-                batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in indices]).items()}
-                with accelerator.autocast():
+                with record_function("collate"):
+                    batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in indices]).items()}
+                with record_function("forward"), accelerator.autocast():
                     loss = loss_fn(model, batch) * (len(indices) / count)
-                accelerator.backward(loss)
-            for cb in callbacks:
-                cb.on_after_backward(state)
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
-            for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * linear_schedule(state.step, total, warmup)
-            wrapped_optimizer.step()
-            wrapped_optimizer.zero_grad(set_to_none=True)
+                with record_function("backward"):
+                    accelerator.backward(loss)
+            with record_function("sparsity callbacks"):
+                for cb in callbacks:
+                    cb.on_after_backward(state)
+            with record_function("optimizer"):
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * linear_schedule(state.step, total, warmup)
+                wrapped_optimizer.step()
+                wrapped_optimizer.zero_grad(set_to_none=True)
             position += len(group)
             seen += count
             state.step += 1
-            for cb in callbacks:
-                cb.on_step_end(state)
+            with record_function("sparsity callbacks"):
+                for cb in callbacks:
+                    cb.on_step_end(state)
             bar.update(1)
             if state.step == total or (cfg.eval_every and state.step % cfg.eval_every == 0):
                 checkpoint_now()
