@@ -149,3 +149,15 @@ def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_pat
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("task, chance", [("commonsense/winogrande", 0.5), ("commonsense/race-m", 0.25),
+                                          ("commonsense/race-h", 0.25)])
+def test_winogrande_and_race_run_end_to_end(task, chance, tiny_model_path, data_root, tmp_path):
+    req = request(tiny_model_path, data_root, tmp_path, "omp_before", [0.36])
+    req.spec = TaskSpec(task, tiny_model_path, str(data_root), train_size=12, val_size=4, eval_size=6,
+                        max_length=48, train_variant="xs")
+    [r] = execute(req)
+    assert r["metrics"]["chance"] == chance and r["metrics"]["eval_examples"] == 6
+    total = sum(layer["numel"] for layer in r["layers"])
+    assert sum(layer["pruned"] for layer in r["layers"]) == round(0.36 * total)
