@@ -161,3 +161,14 @@ def test_winogrande_and_race_run_end_to_end(task, chance, tiny_model_path, data_
     assert r["metrics"]["chance"] == chance and r["metrics"]["eval_examples"] == 6
     total = sum(layer["numel"] for layer in r["layers"])
     assert sum(layer["pruned"] for layer in r["layers"]) == round(0.36 * total)
+
+
+def test_a_rerun_lth_chain_resumes_from_its_last_finished_round(tiny_model_path, data_root, tmp_path):
+    execute(request(tiny_model_path, data_root, tmp_path, "lth", [0.36]))
+    first = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    records = execute(request(tiny_model_path, data_root, tmp_path, "lth", [0.36, 0.488]))
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == len(first) + 1  # only round 3 was trained
+    assert round(lines[-1]["target_sparsity"], 3) == 0.488
+    masks = [read_masks(f"{r['dir']}/masks.safetensors") for r in records]
+    assert all(bool((masks[1][n] <= masks[0][n]).all()) for n in masks[0])  # round 3 prunes within round 2

@@ -87,6 +87,9 @@ class Experiment(Protocol):
 
     def score_batches(self) -> Iterator[dict]: ...
 
+    def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
+        """The trained model and masks of a run finished earlier, if any (lets a rerun LTH chain resume)."""
+
 
 def register_method(name: str):
     def add(fn):
@@ -149,9 +152,14 @@ def lth(exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
     """IMP with rewinding to θ0: round k reaches 1 − 0.8^k; every requested level must be an IMP level. Every
     round up to the highest requested one is trained (each needs the previous); all are reported."""
     rounds = max(imp_round(s, IMP_RATE) for s in sparsities)
-    trained = exp.dense_model()
+    trained: nn.Module | None = None
     masks = None
     for k, level in enumerate(imp_levels(rounds), 1):
+        done = exp.finished("lth", level)
+        if done is not None:  # this round was trained by an earlier, interrupted run
+            trained, masks = done
+            continue
+        trained = trained if trained is not None else exp.dense_model()
         sp = Sparsifier(trained, exp.settings.preset)
         if masks is not None:
             sp.set_masks(masks)

@@ -26,6 +26,7 @@ import smcbench
 from smcbench.errors import SmcBenchError
 from smcbench.methods import AFTER, Outcome, SparseSettings, get_method
 from smcbench.runner.store import ResultStore
+from smcbench.sparsity import read_masks
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
 from smcbench.sparsity.schedules import imp_round
 from smcbench.sparsity.selection import select_prunable
@@ -99,6 +100,14 @@ class LocalExperiment:
 
     def score_batches(self) -> Iterator[dict]:
         return self.task.score_batches(self.batch_size)
+
+    def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
+        folder = run_dir(self.request, {**self.request.run_config(sparsity), "method": method})
+        if not (folder / "result.json").is_file():
+            return None
+        model = self.initial_model()
+        load_model_tensors(model, load_file(str(folder / "model.safetensors")))
+        return model, read_masks(folder / "masks.safetensors")
 
     def dense_model(self) -> nn.Module:
         """A fresh copy of the dense fine-tune, trained the first time only."""
