@@ -77,13 +77,13 @@ class Sparsifier:
         pruned. `allocation` is global, uniform, erk, or N:M such as 2:4 (then `sparsity` is ignored)."""
         scorer = make_score(score) if isinstance(score, str) else score
         slots = [Slot(n, p, self.masks[n]) for n, p in self.params.items()]
-        before = {n: m.clone() for n, m in self.masks.items()}
         nm = NM_PATTERN.match(allocation)
         if nm:
             prune_n_m(slots, scorer, int(nm.group(1)), int(nm.group(2)))
         else:
             prune_groups(get_allocation(allocation)(slots, check_sparsity(sparsity)), scorer)
-        self._after_mask_change(before)
+        # Pruning only clears bits, so the new masks are exactly the positions kept all along.
+        self._after_mask_change(self.masks)
 
     def rigl_step(self, fraction: float, grads: dict[str, Tensor] | None = None) -> None:
         """One RigL update. Uses the dense gradients in `.grad` (call before `mask_gradients()`)."""
@@ -105,7 +105,7 @@ class Sparsifier:
         self._multipliers = None
         # Positions kept all along are untouched; pruned and newly grown ones start from zero weight and state.
         for n, p in self.params.items():
-            stable = self.masks[n] & before[n]
+            stable = self.masks[n] if before[n] is self.masks[n] else self.masks[n] & before[n]
             p.mul_(stable)
             for opt in self.optimizers:
                 for value in opt.state.get(p, {}).values():
