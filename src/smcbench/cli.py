@@ -89,7 +89,7 @@ def run(
     task: str = typer.Argument(..., help="family/dataset, e.g. commonsense/csqa, commonsense/winogrande."),
     method: str = typer.Option("dense", help="dense, lth, omp_after, random_after, gmp, omp_before, "
                                "random_before, snip, omp_rigl, random_rigl, snip_rigl."),
-    sparsity: str = typer.Option("", help="Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
+    sparsity: str = typer.Option("grid", help="Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
     model: str = typer.Option("minilm", help="minilm (offline), roberta-base, roberta-large, hub id or folder."),
     data_dir: str = typer.Option(None, help="Folder holding commonsense/...; default: $SMCBENCH_DATA or "
                                  "../shared/data."),

@@ -23,10 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import smcbench
-from smcbench.errors import SmcBenchError
 from smcbench.methods import AFTER, Outcome, SparseSettings, get_method
 from smcbench.runner.store import ResultStore
-from smcbench.sparsity import read_masks
+from smcbench.sparsity import PAPER_GRID, read_masks
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
 from smcbench.sparsity.schedules import imp_round
 from smcbench.sparsity.selection import select_prunable
@@ -193,7 +192,7 @@ def execute(request: RunRequest) -> list[dict]:
         return [json.loads(done.read_text())]
     method = get_method(request.method)
     if not request.sparsities:
-        raise SmcBenchError("no sparsity given: pass --sparsity (e.g. 0.2,0.488 or grid)")
+        request.sparsities = list(PAPER_GRID)  # the paper's grid, 1 − 0.8^k for k = 1..10
     if request.method == "lth":
         for s in request.sparsities:
             imp_round(s)  # fail before any training when a level is out of LTH's reach
