@@ -120,7 +120,8 @@ class LocalExperiment:
             outcome = Outcome(0.0, model, None, result)
             record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
                                 time.perf_counter() - start)
-            ResultStore(self.request.out / "results.jsonl").append(record)
+            if record is not None:
+                ResultStore(self.request.out / "results.jsonl").append(record)
             self.current_id = saved_id
         model = self.initial_model()
         load_model_tensors(model, load_file(str(folder / "model.safetensors")))
@@ -128,9 +129,14 @@ class LocalExperiment:
 
 
 def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, config: dict, folder: Path,
-               wall_s: float) -> dict:
-    """Evaluate, write artefacts and result.json (last: its presence marks the run finished)."""
+               wall_s: float) -> dict | None:
+    """Evaluate, write artefacts and result.json (last: its presence marks the run finished). Under
+    `accelerate launch` only the main process writes; the others return None."""
+    from accelerate import PartialState
+
     metrics = exp.task.evaluate(outcome.model)
+    if not PartialState().is_main_process:
+        return None
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -211,6 +217,8 @@ def execute(request: RunRequest) -> list[dict]:
                 config = request.run_config(outcome.sparsity)
                 folder = run_dir(request, config)
                 if not (folder / "result.json").is_file():
-                    store.append(finish_run(request, exp, outcome, config, folder, time.perf_counter() - started))
+                    record = finish_run(request, exp, outcome, config, folder, time.perf_counter() - started)
+                    if record is not None:
+                        store.append(record)
                 started = time.perf_counter()
     return [json.loads(p.read_text()) for p in done.values()]

@@ -187,7 +187,7 @@ def train(
                 best = {"model": model_tensors(raw_model), "callbacks": [cb.state_dict() for cb in callbacks],
                         "metric": metric, "step": state.step}
                 keep = best
-        if root:
+        if root and accelerator.is_main_process:  # several GPU processes: one writer
             extra = {"optimizer": optimizer_state(optimizer), "rng": torch.get_rng_state(),
                      "callbacks": [cb.state_dict() for cb in callbacks], "step": state.step, "epoch": epoch,
                      "position": position, "seen": seen, "history": history}
