@@ -1,6 +1,5 @@
 """Every method end to end on a tiny random-init BERT and tiny CSQA files, with the paper's semantics."""
 
-import json
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import torch
 
 from smcbench.methods import METHODS, SparseSettings
 from smcbench.runner.single import LocalExperiment, RunRequest, execute
+from smcbench.runner.store import ResultStore
 from smcbench.sparsity import read_masks
 from smcbench.tasks import TaskSpec
 from smcbench.training import TrainConfig
@@ -59,11 +59,11 @@ def test_snip_rigl_is_actually_sparse_and_moves_connections(tiny_model_path, dat
 def test_after_methods_share_one_dense_fine_tune(tiny_model_path, data_root, tmp_path):
     for method in ("omp_after", "random_after", "lth"):
         execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36]))
-    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    lines = ResultStore(tmp_path / "results.db").records()
     assert [x["method"] for x in lines].count("dense") == 1
     assert len(list((tmp_path / "dense").iterdir())) == 1
     again = execute(request(tiny_model_path, data_root, tmp_path, "omp_after", [0.2, 0.36]))
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(lines)  # nothing re-run
+    assert len(ResultStore(tmp_path / "results.db").records()) == len(lines)  # nothing re-run
     assert [r["target_sparsity"] for r in again] == [0.2, 0.36]
 
 
@@ -165,9 +165,9 @@ def test_winogrande_and_race_run_end_to_end(task, chance, tiny_model_path, data_
 
 def test_a_rerun_lth_chain_resumes_from_its_last_finished_round(tiny_model_path, data_root, tmp_path):
     execute(request(tiny_model_path, data_root, tmp_path, "lth", [0.36]))
-    first = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    first = ResultStore(tmp_path / "results.db").records()
     records = execute(request(tiny_model_path, data_root, tmp_path, "lth", [0.36, 0.488]))
-    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    lines = ResultStore(tmp_path / "results.db").records()
     assert len(lines) == len(first) + 1  # only round 3 was trained
     assert round(lines[-1]["target_sparsity"], 3) == 0.488
     masks = [read_masks(f"{r['dir']}/masks.safetensors") for r in records]

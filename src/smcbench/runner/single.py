@@ -4,7 +4,7 @@ Layout under `--out`:
   dense/<id>/            the dense fine-tune shared by every After method of the same task, model, seed and config
   runs/<method>/<task>/<id>/  config.json, result.json, masks.safetensors, model.safetensors
   checkpoints/<id>/      training checkpoints while a run is under way (removed when it finishes)
-  results.jsonl          one line per finished run
+  results.db             SQLite, one row per finished run (smcbench.runner.store)
 A run's id is the hash of its resolved config; a run whose result.json exists is skipped.
 """
 
@@ -121,7 +121,7 @@ class LocalExperiment:
             record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
                                 time.perf_counter() - start)
             if record is not None:
-                ResultStore(self.request.out / "results.jsonl").append(record)
+                ResultStore(self.request.out / "results.db").append(record)
             self.current_id = saved_id
         model = self.initial_model()
         load_model_tensors(model, load_file(str(folder / "model.safetensors")))
@@ -208,7 +208,7 @@ def execute(request: RunRequest) -> list[dict]:
         exp = LocalExperiment(request, task)
         if request.method in AFTER:
             exp.dense_model()  # trained once, before any sparse run starts
-        store = ResultStore(request.out / "results.jsonl")
+        store = ResultStore(request.out / "results.db")
         # LTH reaches every level on the way to the highest: one chain of rounds.
         for target in [max(pending)] if request.method == "lth" else pending:
             exp.current_id = config_id(request.run_config(target))

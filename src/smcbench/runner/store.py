@@ -1,35 +1,82 @@
-"""The results store: one JSON line per finished run, appended with a single write."""
+"""The results database: SQLite, one row per finished run, keyed by the run's config hash.
+
+Writes are single transactions (`INSERT OR IGNORE`): idempotent, atomic, and safe from several worker processes
+(WAL journal, waiting on locks). A run's artefacts are complete before its row is written, so a row always means
+a finished run.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
+
+from smcbench.errors import SmcBenchError
+
+COLUMNS = {
+    "run_id": "TEXT PRIMARY KEY",
+    "task": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "method": "TEXT NOT NULL",
+    "target_sparsity": "REAL NOT NULL",
+    "achieved_sparsity": "REAL NOT NULL",
+    "metric": "REAL",
+    "seed": "INTEGER NOT NULL",
+    "wall_s": "REAL",
+    "train_s": "REAL",
+    "code_version": "TEXT",
+    "finished_at": "TEXT",
+    "dir": "TEXT",
+    "record": "TEXT NOT NULL",  # the whole record as JSON: config, metrics, layers, notes
+}
 
 
 class ResultStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    def append(self, record: dict) -> None:
+    def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True) + "\n"
-        # One os.write of the whole line on an O_APPEND file: concurrent writers never interleave inside a line.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            conn = sqlite3.connect(self.path, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(f'{k} {v}' for k, v in COLUMNS.items())})")
+        except sqlite3.DatabaseError as err:
+            raise SmcBenchError(f"results database {str(self.path)!r} is not usable: {err}") from err
+        return conn
+
+    def append(self, record: dict) -> bool:
+        """Add a finished run; False when a row with its run_id is already there (nothing changes)."""
+        row = {k: record.get(k) for k in COLUMNS if k not in ("metric", "record")}
+        metrics = record.get("metrics", {})
+        row["metric"] = metrics.get("accuracy", next(iter(metrics.values()), None)) if metrics else None
+        row["record"] = json.dumps(record, sort_keys=True)
+        with closing(self._connect()) as conn, conn:
+            cur = conn.execute(
+                f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                list(row.values()),
+            )
+            return cur.rowcount == 1
+
+    def has(self, run_id: str) -> bool:
+        with closing(self._connect()) as conn:
+            return conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
     def records(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash mid-write is not a result
-        return out
+        with closing(self._connect()) as conn:
+            return [json.loads(r[0]) for r in conn.execute("SELECT record FROM runs ORDER BY finished_at, run_id")]
+
+    def export_csv(self, path: str | os.PathLike) -> int:
+        """One line per run with the flat columns; returns the number of rows."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(f"SELECT {', '.join(k for k in COLUMNS if k != 'record')} FROM runs").fetchall()
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([k for k in COLUMNS if k != "record"])
+            writer.writerows(rows)
+        return len(rows)
