@@ -138,6 +138,40 @@ def run(
                    f"{m['accuracy']:>9.4f} {m['chance']:>7.3f} {r['train_s']:>8.1f}  {r['dir']}")
 
 
+@app.command()
+def grid(
+    spec: str = typer.Argument(..., help="A YAML spec file, or a preset: demo, paper."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the plan; run nothing."),
+    workers: int = typer.Option(1, help="Local worker processes (cores are split between them)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: the spec's `out`)."),
+    data_dir: str | None = typer.Option(None, help="Data folder (default: the spec's, else ../shared/data)."),
+) -> None:
+    """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
+    from smcbench.runner.grid import expand, run_local
+    from smcbench.runner.spec import load_spec
+
+    grid_spec = load_spec(spec)
+    if data_dir:
+        grid_spec = grid_spec.model_copy(update={"data_dir": data_dir})
+    nodes = expand(grid_spec, out)
+    if dry_run:
+        done = sum(n.done() for n in nodes)
+        typer.echo(f"{grid_spec.name}: {len(nodes)} runs, {done} done, {len(nodes) - done} to run")
+        for n in nodes:
+            deps = f"  after {', '.join(d[:8] for d in n.deps)}" if n.deps else ""
+            typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}{deps}")
+        return
+    status = run_local(nodes, workers)
+    failed = {k: v for k, v in status.items() if not v.startswith(("done", "ran"))}
+    typer.echo(f"{grid_spec.name}: {sum(v == 'ran' for v in status.values())} ran, "
+               f"{sum(v == 'done' for v in status.values())} already done, {len(failed)} failed or skipped")
+    for node in nodes:
+        if node.id in failed:
+            typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 @bench_app.command("threshold")
 def bench_threshold(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

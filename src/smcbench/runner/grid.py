@@ -1,0 +1,141 @@
+"""The grid as a DAG of runs, and the executors that run it.
+
+Nodes are single runs (one method at one sparsity, or a dense fine-tune) whose id is the hash of their resolved
+config, the same id `smc-bench run` uses, so the grid and single runs share results. One dense node per (task,
+model, seed, training config) feeds every After node; LTH rounds form a chain (round k prunes round k − 1's
+trained model); everything else is independent. A node whose result exists is done and skipped, so a crashed grid
+resumes by running the same command again.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from smcbench.errors import SmcBenchError
+from smcbench.methods import AFTER, METHODS, SparseSettings
+from smcbench.runner.single import RunRequest, config_id, dense_dir, execute, run_dir
+from smcbench.runner.spec import GridSpec
+from smcbench.sparsity.schedules import imp_levels, imp_round
+from smcbench.tasks import TaskSpec
+from smcbench.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    label: str
+    request: RunRequest
+    deps: tuple[str, ...]
+
+    def result_path(self) -> Path:
+        r = self.request
+        if r.method == "dense":
+            return dense_dir(r) / "result.json"
+        return run_dir(r, r.run_config(r.sparsities[0])) / "result.json"
+
+    def done(self) -> bool:
+        return self.result_path().is_file()
+
+
+def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
+    """The grid's nodes in an order where every node comes after its dependencies."""
+    unknown = [m for m in spec.methods if m not in METHODS]
+    if unknown:
+        raise SmcBenchError(f"spec: unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    if "lth" in spec.methods:
+        for s in spec.sparsities:
+            imp_round(s)
+    out = Path(out or spec.out)
+    train = TrainConfig(seed=0, **spec.train.model_dump())
+    settings = SparseSettings(**spec.settings.model_dump())
+    nodes: list[Node] = []
+    for entry in spec.tasks:
+        for model in spec.models:
+            for seed in spec.seeds:
+                task = TaskSpec(entry.task, model, spec.data_dir, entry.train_size, entry.val_size, entry.eval_size,
+                                entry.max_length, entry.train_variant, seed)
+                cfg = TrainConfig(**{**train.to_dict(), "seed": seed})
+                where = f"{entry.task} {model} seed {seed}"
+                request = _requests(task, cfg, settings, out)
+                dense = request("dense", [])
+                dense_id = config_id(dense.dense_config())
+                needs_dense = "dense" in spec.methods or any(m in AFTER for m in spec.methods)
+                if needs_dense:
+                    nodes.append(Node(dense_id, f"{where}: dense", dense, ()))
+                for method in spec.methods:
+                    if method == "dense":
+                        continue
+                    if method == "lth":
+                        previous = dense_id
+                        rounds = max(imp_round(s) for s in spec.sparsities)
+                        for k, level in enumerate(imp_levels(rounds), 1):
+                            req = request("lth", [level])
+                            node_id = config_id(req.run_config(level))
+                            nodes.append(Node(node_id, f"{where}: lth round {k} ({level:.3f})", req, (previous,)))
+                            previous = node_id
+                        continue
+                    for s in spec.sparsities:
+                        req = request(method, [s])
+                        deps = (dense_id,) if method in AFTER else ()
+                        nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method} @ {s:.3f}", req, deps))
+    return nodes
+
+
+def _requests(task: TaskSpec, cfg: TrainConfig, settings: SparseSettings, out: Path):
+    def request(method: str, levels: list[float]) -> RunRequest:
+        return RunRequest(task, method, levels, cfg, settings, out, progress=False)
+
+    return request
+
+
+def _run_node(request: RunRequest, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    execute(request)
+    return "ok"
+
+
+def run_local(nodes: list[Node], workers: int = 1) -> dict[str, str]:
+    """Run the pending nodes, each once its dependencies are done. `workers` > 1 runs that many worker processes,
+    splitting the machine's cores between them. Returns node id → "done" | "ran" | error text | "skipped"."""
+    status = {n.id: "done" for n in nodes if n.done()}
+    pending = [n for n in nodes if n.id not in status]
+    if workers <= 1:
+        for node in pending:
+            if any(not status.get(d, "").startswith(("done", "ran")) for d in node.deps):
+                status[node.id] = "skipped: a dependency failed"
+                continue
+            try:
+                execute(node.request)
+                status[node.id] = "ran"
+            except SmcBenchError as err:
+                status[node.id] = f"failed: {err}"
+        return status
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    running: dict[Future, Node] = {}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            for node in list(pending):
+                states = [status.get(d, "") for d in node.deps]
+                if any(s.startswith(("failed", "skipped")) for s in states):
+                    status[node.id] = "skipped: a dependency failed"
+                    pending.remove(node)
+                elif all(s in ("done", "ran") for s in states):
+                    running[pool.submit(_run_node, node.request, threads)] = node
+                    pending.remove(node)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                node = running.pop(future)
+                try:
+                    future.result()
+                    status[node.id] = "ran"
+                except Exception as err:  # a worker's failure is reported, the rest of the grid goes on
+                    status[node.id] = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return status

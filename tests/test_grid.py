@@ -1,0 +1,121 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from smcbench.errors import SmcBenchError
+from smcbench.runner.grid import expand, run_local
+from smcbench.runner.spec import load_spec
+from smcbench.runner.store import ResultStore
+
+
+def write_spec(path, tiny_model_path, data_root, out, **overrides):
+    spec = {
+        "name": "tiny",
+        "out": str(out),
+        "data_dir": str(data_root),
+        "tasks": [{"task": "commonsense/csqa", "train_size": 16, "val_size": 8, "eval_size": 8, "max_length": 32}],
+        "models": [tiny_model_path],
+        "methods": ["dense", "omp_after", "lth", "snip"],
+        "sparsities": [0.2, 0.36],
+        "seeds": [0],
+        "train": {"lr": 1e-3, "batch_size": 4, "max_steps": 3},
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_dag_shares_one_dense_per_seed_and_chains_lth(tiny_model_path, data_root, tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    seeds=[0, 1])))
+    nodes = expand(spec)
+    by_label = {n.label.split(": ", 1)[1] + f" s{n.request.spec.seed}": n for n in nodes}
+    dense = [n for n in nodes if n.request.method == "dense"]
+    assert len(dense) == 2  # one per seed, shared by every After method
+    for seed in (0, 1):
+        d = by_label[f"dense s{seed}"]
+        assert by_label[f"omp_after @ 0.200 s{seed}"].deps == (d.id,)
+        r1, r2 = by_label[f"lth round 1 (0.200) s{seed}"], by_label[f"lth round 2 (0.360) s{seed}"]
+        assert r1.deps == (d.id,) and r2.deps == (r1.id,)
+        assert by_label[f"snip @ 0.360 s{seed}"].deps == ()
+    position = {n.id: i for i, n in enumerate(nodes)}
+    assert all(position[d] < position[n.id] for n in nodes for d in n.deps)
+    assert len({n.id for n in nodes}) == len(nodes)
+
+
+def test_grid_runs_what_is_missing_and_skips_what_is_done(tiny_model_path, data_root, tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out")))
+    nodes = expand(spec)
+    first = run_local(nodes)
+    assert set(first.values()) == {"ran"}
+    assert len(ResultStore(tmp_path / "out" / "results.db").records()) == len(nodes)
+    again = run_local(expand(spec))
+    assert set(again.values()) == {"done"}
+    assert len(ResultStore(tmp_path / "out" / "results.db").records()) == len(nodes)
+
+
+def test_two_workers_run_the_grid_with_dependencies(tiny_model_path, data_root, tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    methods=["omp_after", "random_before"], sparsities=[0.2])))
+    status = run_local(expand(spec), workers=2)
+    assert set(status.values()) == {"ran"}
+    records = ResultStore(tmp_path / "out" / "results.db").records()
+    assert sorted(r["method"] for r in records) == ["dense", "omp_after", "random_before"]
+
+
+def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path):
+    spec_path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                           methods=["omp_before", "random_before"], sparsities=[0.2, 0.36],
+                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 40, "eval_every": 5})
+    cmd = [sys.executable, "-c", "from smcbench.cli import main; main()", "grid", str(spec_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = tmp_path / "out" / "results.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(ResultStore(db).records()) < 1:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside a later run: checkpoints and artefacts half made
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = ResultStore(db).records()
+    assert 1 <= len(before) < 4
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    after = ResultStore(db).records()
+    assert sorted(r["run_id"] for r in after) == sorted({r["run_id"] for r in after})  # no duplicates
+    assert len(after) == 4 and {r["run_id"] for r in before} <= {r["run_id"] for r in after}
+    assert not list((tmp_path / "out").rglob(".*.tmp"))  # no half-written artefact left as a run
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ["dense", "imp"]}, "unknown method"),
+        ({"sparsities": [0.2, 1.5]}, "sparsities"),
+        ({"tasks": []}, "tasks"),
+        ({"trian": {"lr": 1}}, "trian"),
+        ({"train": {"lr": -1}}, "train.lr"),
+    ],
+)
+def test_bad_specs_are_clear_errors(change, message, tiny_model_path, data_root, tmp_path):
+    path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out", **change)
+    with pytest.raises(SmcBenchError, match=message):
+        expand(load_spec(str(path)))
+
+
+def test_unreadable_specs_are_clear_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("tasks: [unclosed")
+    with pytest.raises(SmcBenchError, match="not valid YAML"):
+        load_spec(str(tmp_path / "bad.yaml"))
+    with pytest.raises(SmcBenchError, match="no preset of that name"):
+        load_spec("no-such-spec")
+
+
+def test_shipped_presets_validate():
+    assert load_spec("demo").models == ["minilm"]
+    paper = load_spec("paper")
+    assert len(paper.sparsities) == 10 and paper.train.max_steps == 3000 and paper.models == ["roberta-large"]
