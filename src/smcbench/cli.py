@@ -172,6 +172,28 @@ def grid(
         sys.exit(1)
 
 
+@app.command()
+def report(
+    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db)."),
+    report_dir: Path | None = typer.Option(None, "--to", help="Where to write the report (default: OUT/report)."),
+    levels: str = typer.Option("", help="Sparsities for the layerwise figures (default: the middle level)."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also export the results as CSV here."),
+) -> None:
+    """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG."""
+    from smcbench.report.render import build
+    from smcbench.runner.store import ResultStore
+
+    store = ResultStore(out / "results.db")
+    added = store.rescan(out)  # runs finished by older versions or lost rows: the folders are the truth
+    if added:
+        typer.echo(f"added {added} finished run(s) found in {out} to the database")
+    if csv_out is not None:
+        typer.echo(f"{store.export_csv(csv_out)} rows written to {csv_out}")
+    chosen = parse_sparsities(levels) if levels else None
+    path = build(out / "results.db", report_dir or out / "report", chosen)
+    typer.echo(f"report: {path}")
+
+
 @bench_app.command("threshold")
 def bench_threshold(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

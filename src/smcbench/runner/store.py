@@ -71,6 +71,21 @@ class ResultStore:
         with closing(self._connect()) as conn:
             return [json.loads(r[0]) for r in conn.execute("SELECT record FROM runs ORDER BY finished_at, run_id")]
 
+    def rescan(self, root: str | os.PathLike) -> int:
+        """Add every finished run found under `root` (its result.json) that the database lacks: the database
+        can always be rebuilt from the run folders. Returns how many rows were added."""
+        added = 0
+        for path in sorted(Path(root).rglob("result.json")):
+            if any(part.startswith(".") for part in path.parts):
+                continue  # a run folder still being written
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if "run_id" in record:
+                added += self.append(record)
+        return added
+
     def export_csv(self, path: str | os.PathLike) -> int:
         """One line per run with the flat columns; returns the number of rows."""
         with closing(self._connect()) as conn:

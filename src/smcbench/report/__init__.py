@@ -1,0 +1,1 @@
+"""Analysis of finished runs and the report (`smc-bench report`)."""

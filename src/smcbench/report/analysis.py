@@ -1,0 +1,87 @@
+"""Numbers behind the report: curves, failing sparsity, mask overlap, weight change. Pure functions over
+result records, masks and weights, so they can be tested on hand-made inputs."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DEFAULT_ABS_TOLERANCE = 0.01  # one accuracy point, when a single dense seed gives no spread to compare with
+
+
+@dataclass(frozen=True)
+class Point:
+    sparsity: float
+    mean: float
+    std: float
+    seeds: int
+
+
+def metric_of(record: dict) -> float:
+    return float(record["metrics"]["accuracy"])
+
+
+def curves(records: Iterable[dict]) -> dict[str, list[Point]]:
+    """Per method, metric vs target sparsity: mean and standard deviation over seeds."""
+    values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        values[r["method"]][round(r["target_sparsity"], 3)].append(metric_of(r))
+    return {
+        method: [Point(s, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                 for s, v in sorted(levels.items())]
+        for method, levels in values.items()
+    }
+
+
+def dense_reference(points: list[Point]) -> tuple[float, float, str]:
+    """(dense mean, tolerance, how the tolerance was chosen)."""
+    [p] = points
+    if p.seeds > 1:
+        return p.mean, p.std, f"the dense runs' standard deviation over {p.seeds} seeds ({p.std:.4f})"
+    return p.mean, DEFAULT_ABS_TOLERANCE, f"an absolute {DEFAULT_ABS_TOLERANCE} (one dense seed: no spread to use)"
+
+
+def failing_sparsity(points: list[Point], dense: float, tolerance: float) -> tuple[float | None, float | None]:
+    """(largest level whose metric stays within `tolerance` of dense with every lower level also within it,
+    first level that falls below). None where there is no such level."""
+    last_ok = None
+    for p in sorted(points, key=lambda p: p.sparsity):
+        if p.mean < dense - tolerance:
+            return last_ok, p.sparsity
+        last_ok = p.sparsity
+    return last_ok, None
+
+
+def jaccard(a: Tensor, b: Tensor) -> float:
+    """|A ∩ B| / |A ∪ B| of the kept weights of two bool masks."""
+    union = int((a | b).count_nonzero())
+    return int((a & b).count_nonzero()) / union if union else 1.0
+
+
+def mask_overlap(first: dict[str, Tensor], second: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
+    """Overall and per-layer Jaccard overlap of the kept weights. Two independent random masks at sparsity s
+    overlap (1 − s) / (1 + s) on average: the reference line for "different masks"."""
+    names = [n for n in first if n in second]
+    inter = sum(int((first[n] & second[n]).count_nonzero()) for n in names)
+    union = sum(int((first[n] | second[n]).count_nonzero()) for n in names)
+    return (inter / union if union else 1.0), {n: jaccard(first[n], second[n]) for n in names}
+
+
+def random_overlap(sparsity: float) -> float:
+    return (1 - sparsity) / (1 + sparsity)
+
+
+def relative_change(after: dict[str, Tensor], before: dict[str, Tensor], names: Iterable[str]) -> dict[str, float]:
+    """‖θ_ft − θ_0‖ / ‖θ_0‖ per tensor: small values everywhere are the lazy regime."""
+    out = {}
+    for n in names:
+        if n in after and n in before:
+            b = before[n].float()
+            norm = float(torch.linalg.vector_norm(b))
+            out[n] = float(torch.linalg.vector_norm(after[n].float() - b)) / norm if norm else 0.0
+    return out

@@ -1,0 +1,224 @@
+"""`smc-bench report`: figures (PNG), a Markdown summary and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from smcbench.errors import SmcBenchError  # noqa: E402
+from smcbench.report import analysis  # noqa: E402
+from smcbench.runner.store import ResultStore  # noqa: E402
+from smcbench.sparsity import read_masks  # noqa: E402
+
+
+def short(name: str) -> str:
+    for old, new in [("roberta.", ""), ("bert.", ""), ("encoder.layer.", "L"), ("attention.self.", ""),
+                     ("attention.output.dense", "attn.out"), ("intermediate.dense", "ffn.in"),
+                     ("output.dense", "ffn.out"), (".weight", ""), ("embeddings.", "emb.")]:
+        name = name.replace(old, new)
+    return name
+
+
+class Report:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.figures: list[tuple[str, Path]] = []
+        self.sections: list[tuple[str, str]] = []  # (title, markdown)
+
+    def figure(self, fig, name: str, title: str) -> None:
+        path = self.out / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.figures.append((title, path))
+
+    def markdown(self) -> str:
+        parts = ["# smc-bench report", ""]
+        for title, body in self.sections:
+            parts += [f"## {title}", "", body, ""]
+        parts += ["## Figures", ""] + [f"![{t}]({p.name})" for t, p in self.figures]
+        return "\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        def table(md: str) -> str:
+            lines = [line for line in md.splitlines() if line.startswith("|")]
+            if not lines:
+                return f"<p>{html.escape(md)}</p>"
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not set(line) <= set("|-: ")]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            prose = "".join(f"<p>{html.escape(line)}</p>" for line in md.splitlines()
+                            if line.strip() and not line.startswith("|"))
+            return f"{prose}<table><tr>{head}</tr>{body}</table>"
+
+        sections = "".join(f"<h2>{html.escape(t)}</h2>{table(b)}" for t, b in self.sections)
+        images = "".join(
+            f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,"
+            f"{base64.b64encode(p.read_bytes()).decode()}'/>" for t, p in self.figures
+        )
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                 "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>smc-bench report</title>"
+                f"<style>{style}</style></head><body><h1>smc-bench report</h1>{sections}<h2>Figures</h2>"
+                f"{images}</body></html>")
+
+
+def build(results: Path, out: Path, levels: list[float] | None = None) -> Path:
+    """Write report.html, report.md and PNG figures for every (task, model) in the results database."""
+    records = ResultStore(results).records()
+    if not records:
+        raise SmcBenchError(f"no finished runs in {str(results)!r}: run `smc-bench grid` or `smc-bench run` first")
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out)
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["model"])].append(r)
+    for (task, model), rows in sorted(groups.items()):
+        _group(report, task, model, rows, levels)
+    (out / "report.md").write_text(report.markdown())
+    (out / "report.html").write_text(report.html())
+    return out / "report.html"
+
+
+def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None) -> None:
+    label = f"{task} / {Path(model).name}"
+    slug = f"{task.replace('/', '-')}-{Path(model).name}"
+    by_method = analysis.curves(rows)
+    chance = rows[0]["metrics"].get("chance")
+    dense = by_method.pop("dense", None)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, points in sorted(by_method.items()):
+        ax.errorbar([p.sparsity for p in points], [p.mean for p in points], yerr=[p.std for p in points],
+                    marker="o", capsize=3, label=method)
+    if dense:
+        ax.axhline(dense[0].mean, color="black", label="dense")
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle="--", label="chance")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("accuracy")
+    ax.set_title(label)
+    ax.legend(fontsize=8)
+    report.figure(fig, f"curves-{slug}", f"Accuracy vs sparsity: {label}")
+
+    table = ["| method | " + " | ".join(f"{p:.3f}" for p in sorted({p.sparsity for v in by_method.values()
+                                                                       for p in v})) + " |"]
+    all_levels = sorted({p.sparsity for v in by_method.values() for p in v})
+    table.append("|---" * (len(all_levels) + 1) + "|")
+    for method, points in sorted(by_method.items()):
+        at = {p.sparsity: p for p in points}
+        cells = [f"{at[s].mean:.3f}" + (f" ± {at[s].std:.3f}" if at[s].seeds > 1 else "") if s in at else ""
+                 for s in all_levels]
+        table.append(f"| {method} | " + " | ".join(cells) + " |")
+    head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
+    report.sections.append((f"Accuracy: {label}", f"{head}; chance {chance}.\n\n" + "\n".join(table)))
+
+    if dense:
+        mean, tol, how = analysis.dense_reference(dense)
+        lines = [f"Tolerance: {how}. A method fails at the first level whose accuracy is below dense − tolerance.",
+                 "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]
+        for method, points in sorted(by_method.items()):
+            ok, fail = analysis.failing_sparsity(points, mean, tol)
+            lines.append(f"| {method} | {'-' if ok is None else f'{ok:.3f}'} | "
+                         f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
+        report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
+
+    _layerwise(report, label, slug, rows, levels)
+    _overlap(report, label, rows)
+    _weight_change(report, label, slug, rows)
+
+
+def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: list[float] | None) -> None:
+    sparse = [r for r in rows if r["method"] != "dense" and r.get("layers")]
+    if not sparse:
+        return
+    available = sorted({round(r["target_sparsity"], 3) for r in sparse})
+    chosen = [s for s in available if levels is None or any(abs(s - x) < 1e-3 for x in levels)]
+    if levels is None:
+        chosen = [available[len(available) // 2]]
+    collapsed_lines = []
+    for level in chosen:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        seen = set()
+        for r in sorted(sparse, key=lambda r: r["method"]):
+            if abs(round(r["target_sparsity"], 3) - level) > 1e-3 or r["method"] in seen:
+                continue
+            seen.add(r["method"])
+            layers = r["layers"]
+            ax.plot(range(len(layers)), [x["sparsity"] for x in layers], marker=".", label=r["method"])
+            collapsed = [short(x["name"]) for x in layers if x["collapsed"]]
+            if collapsed:
+                collapsed_lines.append(f"| {r['method']} | {level:.3f} | {', '.join(collapsed)} |")
+            names = [short(x["name"]) for x in layers]
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_ylabel("layer sparsity")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"Layerwise sparsity at {level:.3f}: {label}")
+        ax.legend(fontsize=7)
+        report.figure(fig, f"layerwise-{slug}-{level:.3f}", f"Layerwise sparsity at {level:.3f}: {label}")
+    body = "No layer collapse (no selected tensor fully pruned)."
+    if collapsed_lines:
+        body = "| method | sparsity | collapsed tensors |\n|---|---|---|\n" + "\n".join(collapsed_lines)
+    report.sections.append((f"Layer collapse: {label}", body))
+
+
+def _overlap(report: Report, label: str, rows: list[dict]) -> None:
+    """Pairwise Jaccard overlap of kept weights between methods at equal sparsity and seed."""
+    by_key: dict[tuple[float, int], dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        path = Path(r.get("dir", "")) / "masks.safetensors"
+        if r["method"] != "dense" and path.is_file():
+            by_key[(round(r["target_sparsity"], 3), r["seed"])][r["method"]] = read_masks(path)
+    lines = []
+    for (level, seed), masks in sorted(by_key.items()):
+        for a, b in itertools.combinations(sorted(masks), 2):
+            overall, per_layer = analysis.mask_overlap(masks[a], masks[b])
+            lo = min(per_layer, key=per_layer.get)
+            lines.append(f"| {level:.3f} | {seed} | {a} | {b} | {overall:.3f} | {analysis.random_overlap(level):.3f} "
+                         f"| {short(lo)} {per_layer[lo]:.3f} |")
+    if lines:
+        head = ("Jaccard overlap of the kept weights; two independent random masks overlap (1 − s)/(1 + s). "
+                "Near-identical masks across magnitude methods are the lazy regime's signature.\n\n"
+                "| sparsity | seed | method A | method B | overlap | random | least overlapping layer |\n"
+                "|---|---|---|---|---|---|---|\n")
+        report.sections.append((f"Mask overlap: {label}", head + "\n".join(lines)))
+
+
+def _weight_change(report: Report, label: str, slug: str, rows: list[dict]) -> None:
+    """‖θ_ft − θ_0‖ / ‖θ_0‖ per layer for the dense fine-tune (θ_0: the pretrained weights and seeded head)."""
+    dense = [r for r in rows if r["method"] == "dense" and (Path(r.get("dir", "")) / "model.safetensors").is_file()]
+    if not dense:
+        return
+    from smcbench.tasks import TaskSpec, get_task
+
+    r = dense[0]
+    spec = TaskSpec(**{**r["config"]["task"], "data_dir": None})
+    try:
+        theta0 = {n: p.detach() for n, p in get_task(spec).initial_model().named_parameters()}
+    except SmcBenchError as err:
+        report.sections.append((f"Weight change: {label}", f"θ0 could not be loaded: {err}"))
+        return
+    tuned = load_file(str(Path(r["dir"]) / "model.safetensors"))
+    names = [x["name"] for x in r["layers"]]
+    change = analysis.relative_change(tuned, theta0, names)
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.bar(range(len(change)), list(change.values()))
+    ax.set_xticks(range(len(change)))
+    ax.set_xticklabels([short(n) for n in change], rotation=90, fontsize=6)
+    ax.set_ylabel("‖θ_ft − θ_0‖ / ‖θ_0‖")
+    ax.set_yscale("log")
+    ax.set_title(f"Relative weight change of the dense fine-tune: {label}")
+    report.figure(fig, f"weight-change-{slug}", f"Relative weight change (dense): {label}")
+    values = sorted(change.values())
+    median, top = values[len(values) // 2], max(change, key=change.get)
+    report.sections.append((f"Weight change: {label}", f"Dense fine-tune, relative weight change per tensor: "
+                            f"median {median:.4f}, max {values[-1]:.4f} ({short(top)})."))

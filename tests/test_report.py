@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from smcbench.errors import SmcBenchError
+from smcbench.report import analysis
+from smcbench.report.render import build
+from smcbench.runner.store import ResultStore
+
+
+def rec(method, s, acc, seed=0, run=None):
+    return {"run_id": run or f"{method}-{s}-{seed}", "task": "commonsense/csqa", "model": "m", "method": method,
+            "target_sparsity": s, "achieved_sparsity": s, "metrics": {"accuracy": acc, "chance": 0.2},
+            "seed": seed, "finished_at": "2026", "layers": [
+                {"name": "l0.weight", "shape": [2, 2], "numel": 4, "pruned": round(4 * s), "sparsity": s,
+                 "collapsed": False},
+                {"name": "l1.weight", "shape": [2, 2], "numel": 4, "pruned": 4 if s > 0.5 else 0,
+                 "sparsity": 1.0 if s > 0.5 else 0.0, "collapsed": s > 0.5}]}
+
+
+def test_curves_average_over_seeds():
+    points = analysis.curves([rec("gmp", 0.2, 0.5, 0), rec("gmp", 0.2, 0.7, 1), rec("gmp", 0.36, 0.4, 0)])["gmp"]
+    assert [(p.sparsity, p.seeds) for p in points] == [(0.2, 2), (0.36, 1)]
+    assert points[0].mean == pytest.approx(0.6) and points[0].std == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_failing_sparsity_uses_the_dense_spread_or_an_absolute_tolerance():
+    dense = analysis.curves([rec("dense", 0.0, 0.70, 0), rec("dense", 0.0, 0.74, 1)])["dense"]
+    mean, tol, how = analysis.dense_reference(dense)
+    assert mean == pytest.approx(0.72) and tol == pytest.approx(0.0283, abs=1e-3) and "2 seeds" in how
+    points = [analysis.Point(0.2, 0.71, 0, 1), analysis.Point(0.36, 0.69, 0, 1), analysis.Point(0.488, 0.72, 0, 1)]
+    assert analysis.failing_sparsity(points, mean, tol) == (0.2, 0.36)  # a later recovery does not count
+    assert analysis.failing_sparsity(points[:1], mean, tol) == (0.2, None)
+    assert analysis.failing_sparsity([analysis.Point(0.2, 0.5, 0, 1)], mean, tol) == (None, 0.2)
+    one = analysis.curves([rec("dense", 0.0, 0.7)])["dense"]
+    assert analysis.dense_reference(one)[1] == analysis.DEFAULT_ABS_TOLERANCE
+
+
+def test_mask_overlap_is_jaccard_of_kept_weights():
+    a = {"w": torch.tensor([True, True, False, False]), "v": torch.tensor([True, False])}
+    b = {"w": torch.tensor([True, False, True, False]), "v": torch.tensor([True, False])}
+    overall, per_layer = analysis.mask_overlap(a, b)
+    assert per_layer == {"w": pytest.approx(1 / 3), "v": 1.0}
+    assert overall == pytest.approx(2 / 4)
+    assert analysis.random_overlap(0.5) == pytest.approx(1 / 3)
+    gen = torch.Generator().manual_seed(0)
+    r1, r2 = torch.rand(200_000, generator=gen) > 0.5, torch.rand(200_000, generator=gen) > 0.5
+    assert analysis.jaccard(r1, r2) == pytest.approx(analysis.random_overlap(0.5), abs=0.01)
+
+
+def test_relative_weight_change():
+    before = {"w": torch.tensor([3.0, 4.0])}
+    after = {"w": torch.tensor([3.0, 4.5])}
+    assert analysis.relative_change(after, before, ["w"]) == {"w": pytest.approx(0.1)}
+
+
+def test_report_from_a_small_results_database(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    for r in [rec("dense", 0.0, 0.6), rec("omp_after", 0.2, 0.62), rec("omp_after", 0.738, 0.3),
+              rec("snip", 0.2, 0.4), rec("snip", 0.738, 0.21)]:
+        store.append(r)
+    path = build(tmp_path / "results.db", tmp_path / "report")
+    html = path.read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "data:image/png;base64," in html  # self-contained
+    assert "| omp_after | 0.200 | 0.738 |" in md and "| snip | - | 0.200 |" in md
+    assert "collapsed tensors" in md and "l1" in md
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
+        "curves-commonsense-csqa-m.png", "layerwise-commonsense-csqa-m-0.738.png"]
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(SmcBenchError, match="no finished runs"):
+        build(tmp_path / "results.db", tmp_path / "report")
+
+
+def test_rescan_rebuilds_the_database_from_run_folders(tmp_path):
+    import json
+
+    folder = tmp_path / "runs" / "gmp" / "x" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(rec("gmp", 0.2, 0.5, run="abc")))
+    hidden = tmp_path / "runs" / "gmp" / "x" / ".def.tmp"
+    hidden.mkdir()
+    (hidden / "result.json").write_text(json.dumps(rec("gmp", 0.36, 0.5, run="def")))
+    store = ResultStore(tmp_path / "results.db")
+    assert store.rescan(tmp_path) == 1 and store.rescan(tmp_path) == 0
+    assert [r["run_id"] for r in store.records()] == ["abc"]
