@@ -119,3 +119,17 @@ def test_shipped_presets_validate():
     assert load_spec("demo").models == ["minilm"]
     paper = load_spec("paper")
     assert len(paper.sparsities) == 10 and paper.train.max_steps == 3000 and paper.models == ["roberta-large"]
+
+
+def test_ray_executor_on_a_local_instance(tiny_model_path, data_root, tmp_path):
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'smc-bench[ray]')")
+    from smcbench.runner.grid import run_ray
+
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    methods=["omp_after", "lth", "random_before"], sparsities=[0.2, 0.36])))
+    nodes = expand(spec)
+    status = run_ray(nodes)
+    assert set(status.values()) == {"ran"}, status
+    records = ResultStore(tmp_path / "out" / "results.db").records()
+    assert len(records) == len(nodes) == 7  # dense, 2 omp_after, 2 lth rounds, 2 random_before
+    assert set(run_ray(expand(spec)).values()) == {"done"}

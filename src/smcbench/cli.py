@@ -29,13 +29,41 @@ def fail(message: str) -> None:
 
 @app.command()
 def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+    workers: int = typer.Option(1, help="Local worker processes."),
+    data_dir: str | None = typer.Option(None, help="Data folder (default: ../shared/data)."),
+) -> None:
+    """The demo: the `demo` grid preset (MiniLM on a CSQA subset, a few methods and levels), then the report."""
+    import time
+
+    from smcbench.report.render import build
+    from smcbench.runner.grid import expand, run_local
+    from smcbench.runner.spec import load_spec
+
+    start = time.perf_counter()
+    spec = load_spec("demo")
+    if data_dir:
+        spec = spec.model_copy(update={"data_dir": data_dir})
+    nodes = expand(spec, out)
+    typer.echo(f"demo: {len(nodes)} runs ({sum(n.done() for n in nodes)} already done) under {out}")
+    status = run_local(nodes, workers)
+    failed = [n for n in nodes if not status[n.id].startswith(("done", "ran"))]
+    if failed:
+        fail(f"{len(failed)} run(s) failed, first: {failed[0].label}: {status[failed[0].id]}")
+    path = build(out / "results.db", out / "report")
+    typer.echo((out / "report" / "report.md").read_text().split("## Layer collapse")[0].strip())
+    typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; report: {path}")
+
+
+@app.command()
+def layerwise(
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
     sparsity: float = typer.Option(0.5, help="Target sparsity."),
 ) -> None:
-    """Prune a pretrained model with several methods and print the layerwise sparsity of each."""
-    from smcbench import demo as demo_module
+    """Prune a pretrained model with several methods and print the layerwise sparsity of each side by side."""
+    from smcbench import layerwise as layerwise_module
 
-    typer.echo(demo_module.run(model, sparsity))
+    typer.echo(layerwise_module.run(model, sparsity))
 
 
 @app.command()
@@ -143,13 +171,19 @@ def grid(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset: demo, paper."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the plan; run nothing."),
     workers: int = typer.Option(1, help="Local worker processes (cores are split between them)."),
+    executor: str = typer.Option("local", help="local, or ray (pip install 'smc-bench[ray]')."),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local instance)."),
+    cpus_per_run: float = typer.Option(1.0, help="Ray: CPUs each run asks for."),
+    gpus_per_run: float = typer.Option(0.0, help="Ray: GPUs each run asks for."),
     out: Path | None = typer.Option(None, help="Output folder (default: the spec's `out`)."),
     data_dir: str | None = typer.Option(None, help="Data folder (default: the spec's, else ../shared/data)."),
 ) -> None:
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
-    from smcbench.runner.grid import expand, run_local
+    from smcbench.runner.grid import expand, run_local, run_ray
     from smcbench.runner.spec import load_spec
 
+    if executor not in ("local", "ray"):
+        fail(f"unknown executor {executor!r}: choose local or ray")
     grid_spec = load_spec(spec)
     if data_dir:
         grid_spec = grid_spec.model_copy(update={"data_dir": data_dir})
@@ -161,7 +195,10 @@ def grid(
             deps = f"  after {', '.join(d[:8] for d in n.deps)}" if n.deps else ""
             typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}{deps}")
         return
-    status = run_local(nodes, workers)
+    if executor == "ray":
+        status = run_ray(nodes, address, cpus_per_run, gpus_per_run)
+    else:
+        status = run_local(nodes, workers)
     failed = {k: v for k, v in status.items() if not v.startswith(("done", "ran"))}
     typer.echo(f"{grid_spec.name}: {sum(v == 'ran' for v in status.values())} ran, "
                f"{sum(v == 'done' for v in status.values())} already done, {len(failed)} failed or skipped")

@@ -1,4 +1,4 @@
-"""`make demo` (until the first task lands): prune pretrained MiniLM with several methods, print the layerwise
+"""`smc-bench layerwise`: prune a pretrained model with several methods, print the layerwise
 sparsity of each side by side."""
 
 from __future__ import annotations
