@@ -52,3 +52,14 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     (tmp_path / "r.db").write_text("not sqlite at all, just text that is long enough to have a header")
     with pytest.raises(SmcBenchError, match="not usable"):
         ResultStore(tmp_path / "r.db").append(record(1))
+
+
+def test_parquet_export(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is not installed")
+    store = ResultStore(tmp_path / "r.db")
+    store.append(record(1))
+    store.append(record(2, "gmp"))
+    assert store.export_parquet(tmp_path / "r.parquet") == 2
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert table.column("method").to_pylist() == ["omp_after", "gmp"]
+    assert '"accuracy": 0.32' in table.column("record").to_pylist()[1]

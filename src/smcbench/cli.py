@@ -215,6 +215,7 @@ def report(
     report_dir: Path | None = typer.Option(None, "--to", help="Where to write the report (default: OUT/report)."),
     levels: str = typer.Option("", help="Sparsities for the layerwise figures (default: the middle level)."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also export the results as CSV here."),
+    parquet_out: Path | None = typer.Option(None, "--parquet", help="Also export the results as Parquet here."),
 ) -> None:
     """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG."""
     from smcbench.report.render import build
@@ -226,6 +227,8 @@ def report(
         typer.echo(f"added {added} finished run(s) found in {out} to the database")
     if csv_out is not None:
         typer.echo(f"{store.export_csv(csv_out)} rows written to {csv_out}")
+    if parquet_out is not None:
+        typer.echo(f"{store.export_parquet(parquet_out)} rows written to {parquet_out}")
     chosen = parse_sparsities(levels) if levels else None
     path = build(out / "results.db", report_dir or out / "report", chosen)
     typer.echo(f"report: {path}")

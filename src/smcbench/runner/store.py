@@ -86,12 +86,31 @@ class ResultStore:
                 added += self.append(record)
         return added
 
+    def _flat_rows(self) -> tuple[list[str], list[tuple]]:
+        names = [k for k in COLUMNS if k != "record"]
+        with closing(self._connect()) as conn:
+            return names, conn.execute(f"SELECT {', '.join(names)} FROM runs ORDER BY finished_at, run_id").fetchall()
+
     def export_csv(self, path: str | os.PathLike) -> int:
         """One line per run with the flat columns; returns the number of rows."""
-        with closing(self._connect()) as conn:
-            rows = conn.execute(f"SELECT {', '.join(k for k in COLUMNS if k != 'record')} FROM runs").fetchall()
+        names, rows = self._flat_rows()
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow([k for k in COLUMNS if k != "record"])
+            writer.writerow(names)
             writer.writerows(rows)
+        return len(rows)
+
+    def export_parquet(self, path: str | os.PathLike) -> int:
+        """The flat columns plus the whole record (JSON text) as Parquet; needs pyarrow."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as err:
+            raise SmcBenchError("Parquet export needs pyarrow: pip install 'smc-bench[parquet]'") from err
+        names, rows = self._flat_rows()
+        with closing(self._connect()) as conn:
+            records = [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY finished_at, run_id")]
+        columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}
+        columns["record"] = records
+        pq.write_table(pa.table(columns), path)
         return len(rows)
