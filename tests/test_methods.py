@@ -172,3 +172,14 @@ def test_a_rerun_lth_chain_resumes_from_its_last_finished_round(tiny_model_path,
     assert round(lines[-1]["target_sparsity"], 3) == 0.488
     masks = [read_masks(f"{r['dir']}/masks.safetensors") for r in records]
     assert all(bool((masks[1][n] <= masks[0][n]).all()) for n in masks[0])  # round 3 prunes within round 2
+
+
+def test_lth_accepts_rounded_grid_levels(tiny_model_path, data_root, tmp_path):
+    # 0.36 and 0.488 are rounded IMP levels (1 - 0.8^2, 1 - 0.8^3 = 0.48799999...); 0.738 stands for 0.737856.
+    records = execute(request(tiny_model_path, data_root, tmp_path, "lth", [0.36]))
+    assert [round(r["target_sparsity"], 6) for r in records] == [0.36]
+    req = request(tiny_model_path, data_root, tmp_path, "lth", [0.2])
+    req.sparsities = [0.738]
+    req.train = TrainConfig(lr=1e-3, batch_size=4, max_steps=1)
+    records = execute(req)
+    assert [r["target_sparsity"] for r in records] == [0.737856]
