@@ -46,7 +46,7 @@ def demo(
         spec = spec.model_copy(update={"data_dir": data_dir})
     nodes = expand(spec, out)
     typer.echo(f"demo: {len(nodes)} runs ({sum(n.done() for n in nodes)} already done) under {out}")
-    status = run_local(nodes, workers)
+    status = run_local(nodes, workers, print_progress)
     failed = [n for n in nodes if not status[n.id].startswith(("done", "ran"))]
     if failed:
         fail(f"{len(failed)} run(s) failed, first: {failed[0].label}: {status[failed[0].id]}")
@@ -93,6 +93,18 @@ def prune(
         typer.echo(json.dumps({"overall": sp.sparsity(), "layers": as_records(sp.layers())}))
     else:
         typer.echo(format_table(sp.layers(), f"{model}: {score} / {allocation} at {sparsity}"))
+
+
+def print_progress(node, status: str, seconds: float) -> None:
+    """One line per finished grid run: what, how long, and its accuracy."""
+    import json as _json
+
+    if status == "ran":
+        result = _json.loads(node.result_path().read_text())
+        what = f"accuracy {result['metrics']['accuracy']:.3f}, sparsity {result['achieved_sparsity']:.3f}"
+    else:
+        what = status
+    typer.echo(f"  {node.label}: {what} ({seconds:.0f} s)")
 
 
 def parse_sparsities(text: str) -> list[float]:
@@ -196,9 +208,9 @@ def grid(
             typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}{deps}")
         return
     if executor == "ray":
-        status = run_ray(nodes, address, cpus_per_run, gpus_per_run)
+        status = run_ray(nodes, address, cpus_per_run, gpus_per_run, print_progress)
     else:
-        status = run_local(nodes, workers)
+        status = run_local(nodes, workers, print_progress)
     failed = {k: v for k, v in status.items() if not v.startswith(("done", "ran"))}
     typer.echo(f"{grid_spec.name}: {sum(v == 'ran' for v in status.values())} ran, "
                f"{sum(v == 'done' for v in status.values())} already done, {len(failed)} failed or skipped")

@@ -10,6 +10,8 @@ resumes by running the same command again.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -100,9 +102,13 @@ def _run_node(request: RunRequest, threads: int) -> str:
     return "ok"
 
 
-def run_local(nodes: list[Node], workers: int = 1) -> dict[str, str]:
+Progress = Callable[[Node, str, float], None]
+
+
+def run_local(nodes: list[Node], workers: int = 1, progress: Progress | None = None) -> dict[str, str]:
     """Run the pending nodes, each once its dependencies are done. `workers` > 1 runs that many worker processes,
-    splitting the machine's cores between them. Returns node id → "done" | "ran" | error text | "skipped"."""
+    splitting the machine's cores between them. Returns node id → "done" | "ran" | error text | "skipped".
+    `progress(node, status, seconds)` is called as each node ends."""
     status = {n.id: "done" for n in nodes if n.done()}
     pending = [n for n in nodes if n.id not in status]
     if workers <= 1:
@@ -110,14 +116,18 @@ def run_local(nodes: list[Node], workers: int = 1) -> dict[str, str]:
             if any(not status.get(d, "").startswith(("done", "ran")) for d in node.deps):
                 status[node.id] = "skipped: a dependency failed"
                 continue
+            start = time.perf_counter()
             try:
                 execute(node.request)
                 status[node.id] = "ran"
             except SmcBenchError as err:
                 status[node.id] = f"failed: {err}"
+            if progress:
+                progress(node, status[node.id], time.perf_counter() - start)
         return status
     threads = max(1, (os.cpu_count() or 1) // workers)
     running: dict[Future, Node] = {}
+    started: dict[str, float] = {}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         while pending or running:
             for node in list(pending):
@@ -127,6 +137,7 @@ def run_local(nodes: list[Node], workers: int = 1) -> dict[str, str]:
                     pending.remove(node)
                 elif all(s in ("done", "ran") for s in states):
                     running[pool.submit(_run_node, node.request, threads)] = node
+                    started[node.id] = time.perf_counter()
                     pending.remove(node)
             if not running:
                 break
@@ -138,11 +149,13 @@ def run_local(nodes: list[Node], workers: int = 1) -> dict[str, str]:
                     status[node.id] = "ran"
                 except Exception as err:  # a worker's failure is reported, the rest of the grid goes on
                     status[node.id] = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                if progress:
+                    progress(node, status[node.id], time.perf_counter() - started[node.id])
     return status
 
 
 def run_ray(nodes: list[Node], address: str | None = None, cpus_per_run: float = 1.0,
-            gpus_per_run: float = 0.0) -> dict[str, str]:
+            gpus_per_run: float = 0.0, progress: Progress | None = None) -> dict[str, str]:
     """Run the pending nodes as Ray tasks (a local instance, or the cluster at `address`). Each task asks for
     `cpus_per_run` CPUs and `gpus_per_run` GPUs; a node's dependencies are passed as task arguments, so Ray starts
     it only once they have finished. Every task writes its own results (shared storage on a cluster)."""
@@ -159,6 +172,7 @@ def run_ray(nodes: list[Node], address: str | None = None, cpus_per_run: float =
         threads = max(1, int(cpus_per_run))
         status = {n.id: "done" for n in nodes if n.done()}
         refs = {}
+        start = time.perf_counter()
         for node in nodes:  # topological order: dependencies' refs exist before their dependents
             if node.id in status:
                 continue
@@ -175,6 +189,8 @@ def run_ray(nodes: list[Node], address: str | None = None, cpus_per_run: float =
                 failed_dep = any(not status.get(d, "").startswith(("done", "ran")) for d in node.deps)
                 text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
                 status[node.id] = "skipped: a dependency failed" if failed_dep else f"failed: {text}"
+            if progress:
+                progress(node, status[node.id], time.perf_counter() - start)  # time since the grid started
         return status
     finally:
         if started_here:
