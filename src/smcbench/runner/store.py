@@ -69,7 +69,7 @@ class ResultStore:
         if not self.path.is_file():
             return []
         with closing(self._connect()) as conn:
-            return [json.loads(r[0]) for r in conn.execute("SELECT record FROM runs ORDER BY finished_at, run_id")]
+            return [json.loads(r[0]) for r in conn.execute("SELECT record FROM runs ORDER BY rowid")]
 
     def rescan(self, root: str | os.PathLike) -> int:
         """Add every finished run found under `root` (its result.json) that the database lacks: the database
@@ -89,7 +89,7 @@ class ResultStore:
     def _flat_rows(self) -> tuple[list[str], list[tuple]]:
         names = [k for k in COLUMNS if k != "record"]
         with closing(self._connect()) as conn:
-            return names, conn.execute(f"SELECT {', '.join(names)} FROM runs ORDER BY finished_at, run_id").fetchall()
+            return names, conn.execute(f"SELECT {', '.join(names)} FROM runs ORDER BY rowid").fetchall()
 
     def export_csv(self, path: str | os.PathLike) -> int:
         """One line per run with the flat columns; returns the number of rows."""
@@ -101,7 +101,7 @@ class ResultStore:
         return len(rows)
 
     def export_parquet(self, path: str | os.PathLike) -> int:
-        """The flat columns plus the whole record (JSON text) as Parquet; needs pyarrow."""
+        """The flat columns plus the whole record (JSON text) as Parquet, in insertion order; needs pyarrow."""
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -109,7 +109,7 @@ class ResultStore:
             raise SmcBenchError("Parquet export needs pyarrow: pip install 'smc-bench[parquet]'") from err
         names, rows = self._flat_rows()
         with closing(self._connect()) as conn:
-            records = [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY finished_at, run_id")]
+            records = [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY rowid")]
         columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}
         columns["record"] = records
         pq.write_table(pa.table(columns), path)
