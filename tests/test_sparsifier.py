@@ -219,3 +219,15 @@ def test_state_dict_round_trip():
     other = Sparsifier(mlp(seed=5))
     other.load_state_dict(state)
     assert other.sparsity() == pytest.approx(sp.sparsity())
+
+
+def test_squash_leaves_the_model_sparse_and_detached():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Sparsifier(model)
+    sp.attach_optimizer(opt)
+    sp.prune(0.4)
+    assert sp.squash() is model
+    assert sp.optimizers == []
+    assert torch.count_nonzero(pruned_values(sp)) == 0
+    assert set(model.state_dict()) == {"0.weight", "1.weight", "1.bias", "3.weight", "3.bias"}

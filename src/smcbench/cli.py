@@ -97,10 +97,8 @@ def prune(
 
 def print_progress(node, status: str, seconds: float) -> None:
     """One line per finished grid run: what, how long, and its accuracy."""
-    import json as _json
-
     if status == "ran":
-        result = _json.loads(node.result_path().read_text())
+        result = json.loads(node.result_path().read_text())
         what = f"accuracy {result['metrics']['accuracy']:.3f}, sparsity {result['achieved_sparsity']:.3f}"
     else:
         what = status
