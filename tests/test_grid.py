@@ -71,14 +71,16 @@ def test_two_workers_run_the_grid_with_dependencies(tiny_model_path, data_root, 
 def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path):
     spec_path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                            methods=["omp_before", "random_before"], sparsities=[0.2, 0.36],
-                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 40, "eval_every": 5})
+                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 400, "eval_every": 2})
     cmd = [sys.executable, "-c", "from smcbench.cli import main; main()", "grid", str(spec_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "out" / "results.db"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(ResultStore(db).records()) < 1:
-        time.sleep(0.2)
-    time.sleep(1.0)  # well inside a later run: checkpoints and artefacts half made
+    checkpoints = tmp_path / "out" / "checkpoints"
+    deadline = time.time() + 180
+    # Kill only once a later run has written a checkpoint: the moment is set by the run's progress, not a clock.
+    while time.time() < deadline and not (ResultStore(db).records() and checkpoints.is_dir()
+                                          and list(checkpoints.rglob("*.safetensors"))):
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = ResultStore(db).records()
