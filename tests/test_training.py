@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from smcbench.errors import SmcBenchError
 from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
 from smcbench.training import Callback, GradualPruning, MaskEnforcer, RigLUpdates, TrainConfig, train
 from smcbench.training.loop import epoch_batches, linear_schedule
@@ -151,3 +152,38 @@ def test_rigl_counts_optimizer_updates_not_micro_batches():
     assert sp.sparsity() == pytest.approx(0.5, abs=1 / sum(m.numel() for m in sp.masks.values()))
     assert math.isclose(sum(int(m.sum()) for m in sp.masks.values()),
                         sum(m.numel() for m in sp.masks.values()) * 0.5, abs_tol=1)
+
+
+def test_step_schedule_halves_every_step_epochs_like_steplr():
+    from smcbench.training.loop import lr_factor
+
+    cfg = TrainConfig(lr=1e-3, batch_size=4, epochs=50, schedule="step", step_epochs=20, step_gamma=0.5)
+    per_epoch = cfg.updates_per_epoch(40)  # 10 updates an epoch
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    steplr = torch.optim.lr_scheduler.StepLR(opt, step_size=20, gamma=0.5)
+    for epoch in range(50):
+        for k in range(per_epoch):
+            assert lr_factor(cfg, epoch * per_epoch + k, 500, per_epoch) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        steplr.step()
+
+
+def test_lr_groups_give_matching_parameters_their_own_rate():
+    from smcbench.training.loop import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 2))
+    cfg = TrainConfig(lr=1e-3, lr_groups={r"^0\.": 8e-6})
+    assert cfg.lr_groups == ((r"^0\.", 8e-6),)
+    opt = make_optimizer(model, cfg)
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model[0].weight)] == 8e-6 and lrs[id(model[1].weight)] == lrs[id(model[1].bias)] == 1e-3
+    with pytest.raises(SmcBenchError, match="lr_groups"):
+        TrainConfig(lr_groups={"(": 1e-3})
+    with pytest.raises(SmcBenchError, match="schedule"):
+        TrainConfig(schedule="cosine")
+
+
+def test_eval_epochs_sets_the_validation_interval():
+    cfg = TrainConfig(batch_size=4, eval_epochs=2)
+    assert cfg.validation_interval(40) == 20 and TrainConfig().validation_interval(40) is None
+    assert TrainConfig(eval_every=3, eval_epochs=2).validation_interval(40) == 3

@@ -1,7 +1,8 @@
 """Which tensors are prunable.
 
-Presets follow the SMC-Bench paper: `all` prunes every Linear, Embedding and Conv weight (embeddings and classifier
-heads included: the paper's main setting); `encoder` keeps embeddings and heads dense (its Appendix C setting).
+Presets follow the SMC-Bench paper: `all` prunes every Linear, Embedding and Conv weight and the weight matrices of
+recurrent layers (GRU/LSTM/RNN: the GTS encoder), embeddings and classifier heads included: the paper's main
+setting; `encoder` keeps embeddings and heads dense (its Appendix C setting).
 Biases and norms are never selected. Every method of a run uses the same selection, so layer coverage cannot differ
 between methods (a defect of the public scripts).
 """
@@ -55,6 +56,11 @@ def select_prunable(
 
     kinds: dict[int, str] = {}
     for module in model.modules():
+        if isinstance(module, nn.RNNBase):  # weight_ih_l0, weight_hh_l0_reverse, ...: not its biases
+            for pname, p in module.named_parameters(recurse=False):
+                if pname.startswith("weight_"):
+                    kinds[id(p)] = "recurrent"
+            continue
         kind = _kind(module)
         weight = getattr(module, "weight", None)
         if kind is not None and isinstance(weight, nn.Parameter):
@@ -75,6 +81,6 @@ def select_prunable(
     if not selected:
         raise SmcBenchError(
             f"no prunable tensor selected (preset {preset!r}, include {list(include)}, exclude {list(exclude)}): "
-            "the model needs Linear, Embedding or Conv weights matching the selection"
+            "the model needs Linear, Embedding, Conv or recurrent weights matching the selection"
         )
     return selected
