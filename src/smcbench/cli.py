@@ -122,28 +122,52 @@ def parse_sparsities(text: str) -> list[float]:
     return values
 
 
+def parse_lr_groups(items: list[str] | None) -> tuple[tuple[str, float], ...] | None:
+    if not items:
+        return None
+    out = []
+    for item in items:
+        pattern, _, value = item.rpartition("=")
+        try:
+            out.append((pattern, float(value)))
+        except ValueError:
+            fail(f"--lr-group {item!r}: give REGEX=LR, e.g. '^embedder\\.=8e-6'")
+        if not pattern:
+            fail(f"--lr-group {item!r}: give REGEX=LR, e.g. '^embedder\\.=8e-6'")
+    return tuple(out)
+
+
 @app.command()
 def run(
-    task: str = typer.Argument(..., help="family/dataset, e.g. commonsense/csqa, commonsense/winogrande."),
+    task: str = typer.Argument(..., help="family/dataset: commonsense/csqa, commonsense/winogrande, "
+                               "commonsense/race-m, arithmetic/mawps, arithmetic/svamp, ..."),
     method: str = typer.Option("dense", help="dense, lth, omp_after, random_after, gmp, omp_before, "
                                "random_before, snip, omp_rigl, random_rigl, snip_rigl."),
     sparsity: str = typer.Option("grid", help="Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
-    model: str = typer.Option("minilm", help="minilm (offline), roberta-base, roberta-large, hub id or folder."),
-    data_dir: str = typer.Option(None, help="Folder holding commonsense/...; default: $SMCBENCH_DATA or "
-                                 "../shared/data."),
+    model: str = typer.Option(None, help="Commonsense: minilm (default, offline), roberta-base, roberta-large, "
+                              "hub id or folder. Arithmetic: gts (default) or graph2tree, optionally "
+                              ":<embedder> (minilm, roberta-base, random, hub id or folder)."),
+    data_dir: str = typer.Option(None, help="Folder holding commonsense/, arithmetic/...; default: $SMCBENCH_DATA "
+                                 "or ../shared/data."),
+    fold: int = typer.Option(None, help="Cross-validation fold of MAWPS / ASDiv-A (0-4; default 0)."),
     train_size: int = typer.Option(None, help="Use the first N training examples."),
     val_size: int = typer.Option(200, help="Validation examples carved from the training data (selection)."),
     eval_size: int = typer.Option(None, help="Use the first N evaluation examples."),
     train_variant: str = typer.Option(None, help="WinoGrande training size: xs, s, m, l."),
-    max_length: int = typer.Option(128, help="Tokens per choice."),
-    epochs: float = typer.Option(1.0, help="Training epochs (ignored with --max-steps)."),
+    max_length: int = typer.Option(128, help="Tokens per input (per choice for multiple choice)."),
+    epochs: float = typer.Option(None, help="Training epochs (ignored with --max-steps). Default: the task's."),
     max_steps: int = typer.Option(None, help="Optimizer updates."),
-    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
-    grad_accum: int = typer.Option(1, help="Micro-batches per update."),
-    lr: float = typer.Option(5e-5, help="Peak learning rate."),
-    warmup_ratio: float = typer.Option(0.06, help="Warmup fraction of the updates."),
-    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
-    eval_every: int = typer.Option(None, help="Validate every N updates (default: once, at the end)."),
+    batch_size: int = typer.Option(None, help="Examples per micro-batch. Default: the task's."),
+    grad_accum: int = typer.Option(None, help="Micro-batches per update."),
+    lr: float = typer.Option(None, help="Peak learning rate. Default: the task's."),
+    lr_group: list[str] = typer.Option(None, help="REGEX=LR: learning rate of the parameters whose names match "
+                                       "(repeatable), e.g. '^embedder\\.=8e-6'. Default: the task's."),
+    schedule: str = typer.Option(None, help="linear (warmup, decay to 0) | step (StepLR) | constant."),
+    warmup_ratio: float = typer.Option(None, help="Warmup fraction of the updates."),
+    weight_decay: float = typer.Option(None, help="AdamW weight decay."),
+    eval_every: int = typer.Option(None, help="Validate every N updates (default: the task's, else once at the "
+                                   "end)."),
+    eval_epochs: float = typer.Option(None, help="Validate every E epochs (when --eval-every is not given)."),
     seed: int = typer.Option(0, help="Seed of the head, data order and dropout."),
     preset: str = typer.Option("all", help="Pruned tensors: all (paper main) or encoder (Appendix C)."),
     interval: int = typer.Option(None, help="GMP / RigL interval in updates (default: 1/20 of training)."),
@@ -152,18 +176,22 @@ def run(
 ) -> None:
     """Run one method of the SMC-Bench protocol on one task at one or more sparsities."""
     from smcbench.methods import SparseSettings
-    from smcbench.runner.single import RunRequest, execute
+    from smcbench.runner.single import RunRequest, execute, resolve
     from smcbench.tasks import TaskSpec
-    from smcbench.training import TrainConfig
 
     levels = parse_sparsities(sparsity) if sparsity else []
+    given = {"lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "batch_size": batch_size,
+             "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "eval_every": eval_every,
+             "eval_epochs": eval_epochs, "schedule": schedule, "lr_groups": parse_lr_groups(lr_group)}
+    spec, train_config = resolve(
+        TaskSpec(task, model, data_dir, train_size, val_size, eval_size, max_length, train_variant, seed, fold),
+        {**{k: v for k, v in given.items() if v is not None}, "seed": seed},
+    )
     request = RunRequest(
-        spec=TaskSpec(task, model, data_dir, train_size, val_size, eval_size, max_length, train_variant, seed),
+        spec=spec,
         method=method,
         sparsities=levels,
-        train=TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, batch_size=batch_size,
-                          grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, eval_every=eval_every,
-                          seed=seed),
+        train=train_config,
         settings=SparseSettings(preset=preset, interval=interval),
         out=out,
         progress=not quiet,
@@ -337,6 +365,37 @@ def bench_loop(
         typer.echo(f"  {side:<8} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
                    f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions")
     typer.echo(f"  speed-up {out['speedup']:.2f}x")
+
+
+@bench_app.command("arithmetic")
+def bench_arithmetic(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    task: str = typer.Option("arithmetic/mawps", help="Arithmetic task."),
+    fold: int = typer.Option(0, help="Fold."),
+    model: str = typer.Option("gts:random", help="Solver and embedder (random: as the public code offline)."),
+    epochs: int = typer.Option(3, help="Epochs to time."),
+    batch_size: int = typer.Option(4, help="Problems per step (the public CV setting)."),
+    lr: float = typer.Option(8e-4, help="Learning rate (the public GTS default)."),
+    data_dir: str = typer.Option(None, help="Folder holding arithmetic/."),
+    official: str = typer.Option(None, help="SVAMP's code/gts folder, to run the public code first, same settings."),
+    official_python: str = typer.Option("python", help="Interpreter with the public code's dependencies."),
+    official_dataset: str = typer.Option("mawps_fold0", help="The public code's -dataset (a folder in its data/)."),
+) -> None:
+    """GTS seconds per epoch (training; evaluation apart) and accuracy per epoch, ours beside the public code."""
+    from smcbench.bench import arithmetic
+
+    out = arithmetic.run(task, fold, model, epochs, batch_size, lr, data_dir, official, official_python,
+                         official_dataset)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"{model} on {task} fold {fold}, batch {batch_size}, lr {lr}: per epoch")
+    for side in ("official", "ours"):
+        for r in out.get(side, []):
+            typer.echo(f"  {side:<8} epoch {r['epoch']}: train {r['train_s']:7.1f} s  eval {r['eval_s']:6.1f} s  "
+                       f"value accuracy {r['accuracy']:.3f}")
+    if "train_speedup" in out:
+        typer.echo(f"  speed-up: training {out['train_speedup']:.2f}x, evaluation {out['eval_speedup']:.2f}x")
 
 
 def main() -> None:

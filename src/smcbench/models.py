@@ -42,7 +42,7 @@ def resolve_model(name: str) -> str:
     return hub_id
 
 
-def _from_pretrained(name: str, auto_class: str):
+def _from_pretrained(name: str, auto_class: str, **kwargs):
     import transformers
 
     path = resolve_model(name)
@@ -50,7 +50,7 @@ def _from_pretrained(name: str, auto_class: str):
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
-        return getattr(transformers, auto_class).from_pretrained(path)
+        return getattr(transformers, auto_class).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         offline = " (offline: HF_HUB_OFFLINE=1; use `minilm` or a local folder)" if os.environ.get(
             "HF_HUB_OFFLINE"
@@ -64,5 +64,5 @@ def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice"):
     return _from_pretrained(name, auto_class)
 
 
-def load_tokenizer(name: str):
-    return _from_pretrained(name, "AutoTokenizer")
+def load_tokenizer(name: str, **kwargs):
+    return _from_pretrained(name, "AutoTokenizer", **kwargs)

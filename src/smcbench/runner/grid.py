@@ -9,6 +9,7 @@ resumes by running the same command again.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -19,10 +20,11 @@ from pathlib import Path
 
 from smcbench.errors import SmcBenchError
 from smcbench.methods import AFTER, METHODS, SparseSettings
-from smcbench.runner.single import RunRequest, config_id, dense_dir, execute, run_dir
+from smcbench.runner.single import RunRequest, config_id, dense_dir, execute, resolve, run_dir
 from smcbench.runner.spec import GridSpec
 from smcbench.sparsity.schedules import imp_levels, imp_round
 from smcbench.tasks import TaskSpec
+from smcbench.tasks.registry import task_info
 from smcbench.training import TrainConfig
 
 
@@ -52,38 +54,38 @@ def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
         for s in spec.sparsities:
             imp_round(s)
     out = Path(out or spec.out)
-    train = TrainConfig(seed=0, **spec.train.model_dump())
+    overrides = spec.train.overrides()
     settings = SparseSettings(**spec.settings.model_dump())
     nodes: list[Node] = []
     for entry in spec.tasks:
-        for model in spec.models:
-            for seed in spec.seeds:
-                task = TaskSpec(entry.task, model, spec.data_dir, entry.train_size, entry.val_size, entry.eval_size,
-                                entry.max_length, entry.train_variant, seed)
-                cfg = TrainConfig(**{**train.to_dict(), "seed": seed})
-                where = f"{entry.task} {model} seed {seed}"
-                request = _requests(task, cfg, settings, out)
-                dense = request("dense", [])
-                dense_id = config_id(dense.dense_config())
-                needs_dense = "dense" in spec.methods or any(m in AFTER for m in spec.methods)
-                if needs_dense:
-                    nodes.append(Node(dense_id, f"{where}: dense", dense, ()))
-                for method in spec.methods:
-                    if method == "dense":
-                        continue
-                    if method == "lth":
-                        previous = dense_id
-                        rounds = max(imp_round(s) for s in spec.sparsities)
-                        for k, level in enumerate(imp_levels(rounds), 1):
-                            req = request("lth", [level])
-                            node_id = config_id(req.run_config(level))
-                            nodes.append(Node(node_id, f"{where}: lth round {k} ({level:.3f})", req, (previous,)))
-                            previous = node_id
-                        continue
-                    for s in spec.sparsities:
-                        req = request(method, [s])
-                        deps = (dense_id,) if method in AFTER else ()
-                        nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method} @ {s:.3f}", req, deps))
+        folds = entry.folds if entry.folds is not None else list(range(task_info(entry.task).folds)) or [None]
+        for model, seed, fold in itertools.product(spec.models, spec.seeds, folds):
+            task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, entry.train_size, entry.val_size,
+                                         entry.eval_size, entry.max_length, entry.train_variant, seed, fold),
+                                {**overrides, "seed": seed})
+            where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
+            request = _requests(task, cfg, settings, out)
+            dense = request("dense", [])
+            dense_id = config_id(dense.dense_config())
+            needs_dense = "dense" in spec.methods or any(m in AFTER for m in spec.methods)
+            if needs_dense:
+                nodes.append(Node(dense_id, f"{where}: dense", dense, ()))
+            for method in spec.methods:
+                if method == "dense":
+                    continue
+                if method == "lth":
+                    previous = dense_id
+                    rounds = max(imp_round(s) for s in spec.sparsities)
+                    for k, level in enumerate(imp_levels(rounds), 1):
+                        req = request("lth", [level])
+                        node_id = config_id(req.run_config(level))
+                        nodes.append(Node(node_id, f"{where}: lth round {k} ({level:.3f})", req, (previous,)))
+                        previous = node_id
+                    continue
+                for s in spec.sparsities:
+                    req = request(method, [s])
+                    deps = (dense_id,) if method in AFTER else ()
+                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method} @ {s:.3f}", req, deps))
     return nodes
 
 

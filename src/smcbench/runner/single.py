@@ -30,6 +30,7 @@ from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsit
 from smcbench.sparsity.schedules import imp_levels, imp_round
 from smcbench.sparsity.selection import select_prunable
 from smcbench.tasks import TaskRun, TaskSpec, get_task
+from smcbench.tasks.registry import resolve_spec
 from smcbench.training import Callback, TrainConfig, train
 from smcbench.training.checkpoint import load_model_tensors, model_tensors, write_json
 
@@ -152,6 +153,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "run_id": run_id,
         "task": request.spec.task,
         "model": request.spec.model,
+        "fold": request.spec.fold,
         "method": config["method"],
         "target_sparsity": config["sparsity"],
         "achieved_sparsity": overall_sparsity(rows),
@@ -178,6 +180,13 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         shutil.rmtree(ckpt, ignore_errors=True)
     exp.checkpoints.clear()
     return {**record, "dir": str(folder)}
+
+
+def resolve(spec: TaskSpec, train_overrides: dict) -> tuple[TaskSpec, TrainConfig]:
+    """The task spec with its defaults filled in, and the training config: the loop's defaults, under the task's
+    (e.g. GTS's learning rates and StepLR), under what the user set."""
+    spec = resolve_spec(spec)
+    return spec, TrainConfig(**{**get_task(spec).train_defaults(), **train_overrides})
 
 
 def run_dir(request: RunRequest, config: dict) -> Path:

@@ -23,17 +23,33 @@ class TaskEntry(Strict):
     eval_size: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8)
     train_variant: str | None = None
+    folds: list[int] | None = None  # cross-validated tasks: which folds (default: all of them)
 
 
 class TrainSettings(Strict):
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, le=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    epochs: float = Field(1.0, gt=0)
+    """Training settings; a key left out takes the task's default (e.g. GTS: lr 1e-3, StepLR), then the loop's."""
+
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, le=1)
+    batch_size: int | None = Field(None, ge=1)
+    grad_accum: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
     max_steps: int | None = Field(None, ge=1)
     eval_every: int | None = Field(None, ge=1)
+    eval_epochs: float | None = Field(None, gt=0)
+    max_grad_norm: float | None = Field(None, gt=0)
+    lr_groups: dict[str, float] | None = None  # parameter-name regex -> learning rate
+    schedule: Literal["linear", "step", "constant"] | None = None
+    step_epochs: float | None = Field(None, gt=0)
+    step_gamma: float | None = Field(None, gt=0, le=1)
+
+    def overrides(self) -> dict:
+        """The keys the spec sets (an explicit null, e.g. max_grad_norm: null, counts as set)."""
+        out = self.model_dump(exclude_unset=True)
+        if out.get("lr_groups") is not None:
+            out["lr_groups"] = tuple(out["lr_groups"].items())
+        return out
 
 
 class MethodSettings(Strict):

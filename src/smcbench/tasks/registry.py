@@ -6,7 +6,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,15 @@ from torch import nn
 
 from smcbench.errors import SmcBenchError
 
-FAMILIES = ("commonsense",)
+FAMILIES = ("commonsense", "arithmetic")
 _TASKS: dict[str, Callable[[TaskSpec], TaskRun]] = {}
+_INFO: dict[str, TaskInfo] = {}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    default_model: str = "minilm"
+    folds: int = 0  # cross-validation folds (0: a fixed train/evaluation split)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class TaskSpec:
     max_length: int = 128
     train_variant: str | None = None  # e.g. WinoGrande's xs, s, m, l
     seed: int = 0
+    fold: int | None = None  # cross-validation fold (MAWPS, ASDiv-A: 0..4); None where a task has no folds
 
     def identity(self) -> dict:
         """The fields that change results (the data folder's location does not)."""
@@ -82,6 +90,10 @@ class TaskRun(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Metrics on the evaluation split; includes `self.metric`."""
 
+    def train_defaults(self) -> dict[str, Any]:
+        """Training settings this task uses unless the user sets them (TrainConfig field -> value)."""
+        return {}
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
@@ -93,9 +105,11 @@ class TaskRun(ABC):
             yield self.collate([examples[i] for i in order[a:a + batch_size]])
 
 
-def register_task(name: str) -> Callable[[Callable[[TaskSpec], TaskRun]], Callable[[TaskSpec], TaskRun]]:
+def register_task(name: str, default_model: str = "minilm",
+                  folds: int = 0) -> Callable[[Callable[[TaskSpec], TaskRun]], Callable[[TaskSpec], TaskRun]]:
     def add(factory: Callable[[TaskSpec], TaskRun]) -> Callable[[TaskSpec], TaskRun]:
         _TASKS[name] = factory
+        _INFO[name] = TaskInfo(default_model, folds)
         return factory
 
     return add
@@ -111,8 +125,30 @@ def known_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(spec: TaskSpec) -> TaskRun:
+def task_info(name: str) -> TaskInfo:
     _load_families()
-    if spec.task not in _TASKS:
-        raise SmcBenchError(f"unknown task {spec.task!r}: choose one of {', '.join(sorted(_TASKS))}")
+    if name not in _TASKS:
+        raise SmcBenchError(f"unknown task {name!r}: choose one of {', '.join(sorted(_TASKS))}")
+    return _INFO[name]
+
+
+def resolve_spec(spec: TaskSpec) -> TaskSpec:
+    """Fill what the user left open with the task's defaults (model; fold 0 of a cross-validated task), so equal
+    runs get equal identities. A fold on a task without folds is an error."""
+    info = task_info(spec.task)
+    changes: dict[str, Any] = {}
+    if not spec.model:
+        changes["model"] = info.default_model
+    if info.folds and spec.fold is None:
+        changes["fold"] = 0
+    if spec.fold is not None and not 0 <= spec.fold < max(info.folds, 1):
+        where = f"folds are 0..{info.folds - 1}" if info.folds else "it has no folds"
+        raise SmcBenchError(f"{spec.task}: fold {spec.fold} does not exist: {where}")
+    if not info.folds and spec.fold is not None:
+        raise SmcBenchError(f"{spec.task}: it has no folds; leave the fold unset")
+    return replace(spec, **changes) if changes else spec
+
+
+def get_task(spec: TaskSpec) -> TaskRun:
+    spec = resolve_spec(spec)  # also checks the name
     return _TASKS[spec.task](spec)

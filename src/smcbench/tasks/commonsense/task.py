@@ -86,6 +86,9 @@ class MultipleChoiceRun(TaskRun):
         batch["labels"] = torch.tensor([f["label"] for f in examples], dtype=torch.long)
         return batch
 
+    def train_defaults(self) -> dict:
+        return {"warmup_ratio": 0.06}
+
     def initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.seed)  # the head's initial weights are part of θ0
         return load_pretrained(self.spec.model, "AutoModelForMultipleChoice")
