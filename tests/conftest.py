@@ -30,6 +30,6 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    from helpers import make_commonsense_data
+    from helpers import make_arithmetic_data, make_commonsense_data
 
-    return make_commonsense_data(tmp_path_factory.mktemp("data"))
+    return make_arithmetic_data(make_commonsense_data(tmp_path_factory.mktemp("data")), folds=(0, 1))

@@ -71,3 +71,53 @@ def make_tiny_model(path):
     BertForMultipleChoice(tiny_bert_config(vocab_size=30522, max_position_embeddings=128)).save_pretrained(path)
     AutoTokenizer.from_pretrained(resolve_model("minilm")).save_pretrained(path)
     return path
+
+
+ARITHMETIC_TEMPLATES = [
+    ("{n} has number0 {o} . {n} buys number1 more {o} . How many {o} does {n} have now ?", "+ number0 number1"),
+    ("{n} has number0 {o} . {n} gives away number1 {o} . How many {o} are left ?", "- number0 number1"),
+    ("{n} has number0 boxes with number1 {o} in each box . How many {o} in all ?", "* number0 number1"),
+    ("{n} shares number0 {o} among number1 friends equally . How many {o} does each get ?", "/ number0 number1"),
+    ("{n} has number0 {o} , buys number1 more and loses number2 . How many {o} now ?",
+     "- + number0 number1 number2"),
+]
+
+
+def make_arithmetic_data(root, n_train=80, n_dev=20, folds=(0,)):
+    """Tiny MAWPS / ASDiv-A folds and a SVAMP split in the public CSV format (five templates, one per equation)."""
+    import csv
+    import random
+
+    from smcbench.tasks.arithmetic.expressions import evaluate_prefix
+
+    rng = random.Random(0)
+    names, objects = ["Tom", "Mary", "Sam", "Ann"], ["apples", "pens", "cards", "books"]
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            text, eq = ARITHMETIC_TEMPLATES[i % len(ARITHMETIC_TEMPLATES)]
+            count = eq.count("number")
+            nums = [float(rng.randint(2, 9) * (rng.randint(2, 5) if k == 0 else 1)) for k in range(count)]
+            question = text.format(n=rng.choice(names), o=rng.choice(objects))
+            words = question.split()
+            cells = [j for j, w in enumerate(words) if w.startswith("number")]
+            out.append({"Question": question, "Numbers": " ".join(str(x) for x in nums), "Equation": eq,
+                        "Answer": evaluate_prefix(eq.split(), nums), "group_nums": str(cells),
+                        "Body": question, "Ques_Statement": ""})
+        return out
+
+    def write(path, data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+
+    for name in ("cv_mawps", "cv_asdiv-a"):
+        for k in folds:
+            write(root / "arithmetic" / name / f"fold{k}" / "train.csv", rows(n_train))
+            write(root / "arithmetic" / name / f"fold{k}" / "dev.csv", rows(n_dev))
+    write(root / "arithmetic" / "mawps-asdiv-a_svamp" / "train.csv", rows(n_train))
+    write(root / "arithmetic" / "mawps-asdiv-a_svamp" / "dev.csv", rows(n_dev))
+    return root

@@ -1,2 +1,3 @@
-"""Arithmetic reasoning (MAWPS, ASDiv-A, SVAMP): data and expression evaluation so far; the GTS and Graph2Tree
-models and the task registration come with their issue."""
+"""Arithmetic reasoning: GTS and Graph2Tree on MAWPS, ASDiv-A (5-fold CV) and SVAMP."""
+
+from smcbench.tasks.arithmetic import task  # noqa: F401  (registers the datasets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ class Problem:
     equation: tuple[str, ...]  # prefix, over number slots and constants
     answer: float
     consistent: bool  # the equation gives the answer (a few public MAWPS rows do not: kept, as in the benchmark)
+    groups: tuple[int, ...] = ()  # word positions of the quantity cells (`group_nums`), for Graph2Tree
 
 
 def read_problems(path: Path) -> list[Problem]:
@@ -38,7 +40,8 @@ def read_problems(path: Path) -> list[Problem]:
                 equation = tuple(row["Equation"].split())
                 answer = float(row["Answer"])
                 question = row["Question"].strip()
-            except (KeyError, ValueError, AttributeError) as err:
+                groups = tuple(int(g) for g in json.loads(row["group_nums"])) if row.get("group_nums") else ()
+            except (KeyError, ValueError, AttributeError, TypeError) as err:
                 raise SmcBenchError(
                     f"{path}:{number}: malformed row ({type(err).__name__}: {err}); expected Question, Numbers, "
                     "Equation (prefix) and Answer"
@@ -49,7 +52,7 @@ def read_problems(path: Path) -> list[Problem]:
                                     f"expression over {len(numbers)} numbers")
             consistent = abs(value - answer) <= 1e-3 * max(1.0, abs(answer))
             out.append(Problem(f"{path.parent.name}/{path.stem}:{number}", question, numbers, equation, answer,
-                               consistent))
+                               consistent, groups))
     return out
 
 

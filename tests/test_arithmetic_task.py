@@ -1,0 +1,129 @@
+"""The arithmetic family end to end: registration, folds, defaults, learning, every method, the official defects."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from smcbench.cli import app
+from smcbench.errors import SmcBenchError
+from smcbench.methods import METHODS, SparseSettings
+from smcbench.runner.single import RunRequest, execute, resolve
+from smcbench.sparsity import read_masks
+from smcbench.tasks import TaskSpec, get_task, known_tasks
+from smcbench.tasks.arithmetic.data import read_problems
+from smcbench.tasks.arithmetic.trees import tree_shape
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "arithmetic"
+SPARSE_METHODS = [m for m in METHODS if m != "dense"]
+
+
+def spec(tiny_model_path, data_root, task="arithmetic/mawps", arch="gts", **kw):
+    fields = {"val_size": 10, "max_length": 48, **kw}
+    return TaskSpec(task, f"{arch}:{tiny_model_path}", str(data_root), **fields)
+
+
+def test_registered_with_folds_and_paper_defaults(tiny_model_path, data_root):
+    assert {"arithmetic/mawps", "arithmetic/asdiv-a", "arithmetic/svamp"} <= set(known_tasks())
+    s, cfg = resolve(spec(tiny_model_path, data_root), {})
+    assert s.fold == 0  # a cross-validated task names its fold, so equal runs hash equally
+    assert (cfg.lr, cfg.lr_groups, cfg.batch_size, cfg.epochs, cfg.schedule) == (
+        1e-3, ((r"^embedder\.", 8e-6),), 4, 50.0, "step")
+    assert (cfg.step_epochs, cfg.step_gamma, cfg.max_grad_norm) == (20, 0.5, None)
+    _, g2t = resolve(spec(tiny_model_path, data_root, task="arithmetic/svamp", arch="graph2tree"), {"lr": 5e-4})
+    assert g2t.lr == 5e-4 and g2t.lr_groups == ((r"^embedder\.", 1e-5),) and g2t.batch_size == 8
+    default, _ = resolve(TaskSpec("arithmetic/svamp", None), {})
+    assert default.model == "gts" and default.fold is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fold": 5}, "fold 5 does not exist"),
+    ({"task": "arithmetic/svamp", "fold": 1}, "no folds"),
+    ({"task": "commonsense/csqa", "fold": 0}, "no folds"),
+])
+def test_bad_folds_are_clear_errors(change, message, tiny_model_path, data_root):
+    with pytest.raises(SmcBenchError, match=message):
+        resolve(spec(tiny_model_path, data_root, **change), {})
+
+
+def test_unknown_solver_is_a_clear_error(data_root):
+    with pytest.raises(SmcBenchError, match="gts or graph2tree"):
+        get_task(TaskSpec("arithmetic/mawps", "roberta-base", str(data_root)))
+
+
+def test_validation_comes_from_the_training_fold_never_the_evaluation_fold(tiny_model_path, data_root):
+    task = get_task(spec(tiny_model_path, data_root, fold=1))
+    pool, val, test = task._rows
+    train_file = read_problems(data_root / "arithmetic" / "cv_mawps" / "fold1" / "train.csv")
+    assert [p.uid for p in pool + val] == [p.uid for p in train_file]
+    assert len(val) == 10 and all(p.uid.startswith("fold1/dev") for p in test)
+
+
+def test_quantity_graphs(tiny_model_path, data_root):
+    task = get_task(spec(tiny_model_path, data_root, arch="graph2tree"))
+    f = next(f for f in task._features_by_split[0] if len(f.num_pos) == 2)
+    cell, comparison = f.graph_edges
+    big, small = (0, 1) if f.problem.numbers[0] >= f.problem.numbers[1] else (1, 0)
+    assert (f.num_pos[big], f.num_pos[small]) in comparison
+    if f.problem.numbers[0] != f.problem.numbers[1]:
+        assert (f.num_pos[small], f.num_pos[big]) not in comparison
+    assert all(a != b for a, b in cell)
+    batch = task.collate(task._features_by_split[0][:3])
+    assert batch["graphs"].shape[:2] == (3, 2)
+    assert torch.all(batch["graphs"][:, :, torch.arange(5), torch.arange(5)] == 1)  # self-loops
+
+
+@pytest.mark.parametrize("arch", ["gts", "graph2tree"])
+def test_a_tiny_solver_learns_tiny_arithmetic(arch, tiny_model_path, data_root, tmp_path):
+    s, cfg = resolve(spec(tiny_model_path, data_root, arch=arch), {"max_steps": 240, "batch_size": 8,
+                                                                   "eval_every": 40, "schedule": "constant"})
+    [r] = execute(RunRequest(s, "dense", [], cfg, SparseSettings(), tmp_path, progress=False))
+    assert r["metrics"]["accuracy"] >= 0.9, r["metrics"]
+    assert r["metrics"]["equation_accuracy"] >= 0.9 and r["validation_best"] >= 0.9
+
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_every_method_runs_on_a_tiny_fold(method, tiny_model_path, data_root, tmp_path):
+    s, cfg = resolve(spec(tiny_model_path, data_root, train_size=24), {"max_steps": 4, "eval_every": 2})
+    records = execute(RunRequest(s, method, [0.2, 0.36], cfg, SparseSettings(), tmp_path, progress=False))
+    assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
+    for r in records:
+        layers = {layer["name"]: layer for layer in r["layers"]}
+        assert "encoder.rnn.weight_ih_l0" in layers and "merge.merge.weight" in layers
+        total = sum(layer["numel"] for layer in layers.values())
+        if method.startswith("random"):
+            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in layers.values())
+        else:
+            assert sum(layer["pruned"] for layer in layers.values()) == round(r["target_sparsity"] * total)
+        assert set(r["metrics"]) >= {"accuracy", "equation_accuracy"} and r["fold"] == 0
+        masks = read_masks(f"{r['dir']}/masks.safetensors")
+        from safetensors.torch import load_file
+
+        weights = load_file(f"{r['dir']}/model.safetensors")
+        assert all(torch.count_nonzero(weights[n][~m]) == 0 for n, m in masks.items())
+
+
+def test_sparse_gts_from_the_command_line(tiny_model_path, data_root, tmp_path):
+    # The official GTS script crashed with --sparse (it read an option its parser never defined).
+    result = CliRunner().invoke(app, [
+        "run", "arithmetic/mawps", "--method", "snip", "--sparsity", "0.488", "--model", f"gts:{tiny_model_path}",
+        "--data-dir", str(data_root), "--val-size", "10", "--train-size", "16", "--max-steps", "2", "--quiet",
+        "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("snip"))
+    assert row.split()[1:3] == ["0.488", "0.4880"]
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"the public arithmetic data is not at {REAL} (see the data README)")
+def test_real_folds_read_and_every_training_equation_is_a_tree():
+    from smcbench.tasks.arithmetic.trees import OutputVocab
+
+    for folder in [*(REAL / "cv_mawps").glob("fold*"), *(REAL / "cv_asdiv-a").glob("fold*"),
+                   REAL / "mawps-asdiv-a_svamp"]:
+        train = read_problems(folder / "train.csv")
+        vocab = OutputVocab.from_equations(p.equation for p in train)
+        for p in train:
+            tree_shape(vocab.encode(p.equation), len(vocab.ops))
+        assert len(read_problems(folder / "dev.csv")) > 200
+    assert len(read_problems(REAL / "mawps-asdiv-a_svamp" / "dev.csv")) == 1000
