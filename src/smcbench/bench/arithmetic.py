@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from smcbench.errors import SmcBenchError
-from smcbench.training import Callback, LoopState
+from smcbench.training.callbacks import Callback, LoopState
 
 
 class _EpochClock(Callback):

@@ -73,9 +73,22 @@ class ArithmeticRun(TaskRun):
 
     @cached_property
     def tokenizer(self):
-        name = "minilm" if self.embedder_name == "random" else self.embedder_name
         # Words are tokenised one by one to keep number positions; byte-level BPE needs the prefix space for it.
-        return load_tokenizer(name, add_prefix_space=True)
+        return load_tokenizer(self.embedder_name, add_prefix_space=True)
+
+    @cached_property
+    def words(self) -> dict[str, int]:
+        """`random` embeddings: a word vocabulary from the training problems (0 padding, 1 unknown), as the
+        public code builds it."""
+        vocab = {"<pad>": 0, "<unk>": 1}
+        for p in self._rows[0]:
+            for w in p.question.split():
+                vocab.setdefault(w, len(vocab))
+        return vocab
+
+    @property
+    def pad_id(self) -> int:
+        return 0 if self.embedder_name == "random" else (self.tokenizer.pad_token_id or 0)
 
     @cached_property
     def _rows(self) -> tuple[list[Problem], list[Problem], list[Problem]]:
@@ -99,19 +112,23 @@ class ArithmeticRun(TaskRun):
 
     def _features(self, problem: Problem) -> Features:
         words = problem.question.split()
-        enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.spec.max_length)
-        word_ids = enc.word_ids()
-        first: dict[int, int] = {}
-        for pos, w in enumerate(word_ids):
-            if w is not None and w not in first:
-                first[w] = pos
-        last = len(enc["input_ids"]) - 2 if len(enc["input_ids"]) > 1 else 0
+        if self.embedder_name == "random":
+            input_ids = [self.words.get(w, 1) for w in words[: self.spec.max_length]]
+            first = {i: i for i in range(len(input_ids))}
+        else:
+            enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.spec.max_length)
+            input_ids = list(enc["input_ids"])
+            first = {}
+            for pos, w in enumerate(enc.word_ids()):
+                if w is not None and w not in first:
+                    first[w] = pos
+        last = max(first.values(), default=0)
         slot_words = {int(w[len("number"):]): i for i, w in enumerate(words) if is_slot(w)}
         # A slot cut off by truncation points at the last token (it stays addressable; its text is gone).
         num_pos = [first.get(slot_words.get(k, -1), last) for k in range(len(problem.numbers))]
         target = self.vocab.encode(problem.equation)
         tree = tree_shape(target, len(self.vocab.ops)) if target is not None else None
-        return Features(problem, list(enc["input_ids"]), num_pos, target, tree,
+        return Features(problem, input_ids, num_pos, target, tree,
                         _graph_edges(words, first, slot_words, problem))
 
     @cached_property
@@ -125,7 +142,7 @@ class ArithmeticRun(TaskRun):
         return train, [len(f.input_ids) for f in train]
 
     def collate(self, examples: list[Features]) -> dict[str, torch.Tensor]:
-        return collate(examples, self.tokenizer.pad_token_id or 0, self.architecture == "graph2tree")
+        return collate(examples, self.pad_id, self.architecture == "graph2tree")
 
     # -- model -----------------------------------------------------------------------------------------------
 
@@ -136,7 +153,7 @@ class ArithmeticRun(TaskRun):
     def initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.seed)  # everything but the pretrained embedder starts from the seed
         if self.embedder_name == "random":
-            embedder: nn.Module = RandomEmbedder(self.tokenizer.vocab_size, RANDOM_EMBEDDING_SIZE)
+            embedder: nn.Module = RandomEmbedder(len(self.words), RANDOM_EMBEDDING_SIZE)
             size = RANDOM_EMBEDDING_SIZE
         else:
             embedder = load_pretrained(self.embedder_name, "AutoModel")
