@@ -175,3 +175,29 @@ def test_gru_and_decoder_weights_are_prunable_and_stay_pruned():
         sp.after_step()
         opt.zero_grad()
     assert all(int(p[~sp.masks[n]].count_nonzero()) == 0 for n, p in selected.items())
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batch_gru_matches_nn_gru_outputs_and_gradients(layers):
+    from torch import nn
+
+    from smcbench.tasks.arithmetic.gru import BatchGRU
+
+    torch.manual_seed(layers)
+    lengths = torch.tensor([7, 5, 2, 6])
+    x = torch.randn(4, 7, 6, requires_grad=True)
+    ref = nn.GRU(6, 5, layers, bidirectional=True, batch_first=True)
+    ours = BatchGRU(6, 5, layers)
+    ours.load_state_dict(ref.state_dict())  # same parameters, same names
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=7)
+    weights = torch.randn(4, 7, 10)
+    (expected * weights).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    ref_x, x.grad = x.grad.clone(), None
+    got = ours(x, lengths)
+    (got * weights).sum().backward()
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(x.grad, ref_x, atol=1e-5)
+    for n, p in ours.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n

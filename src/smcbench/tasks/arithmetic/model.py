@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smcbench.tasks.arithmetic.gru import BatchGRU
+
 NEG = -1e12  # the public code's mask value (kept: -inf makes an all-masked row NaN)
 
 
@@ -187,15 +189,12 @@ class GraphModule(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, embedding_size: int, cfg: SolverConfig) -> None:
         super().__init__()
-        self.rnn = nn.GRU(embedding_size, cfg.hidden, cfg.layers, dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-                          bidirectional=True, batch_first=True)
+        self.rnn = BatchGRU(embedding_size, cfg.hidden, cfg.layers, dropout=cfg.dropout)
         self.graph = GraphModule(cfg.hidden, cfg.graph_dropout) if cfg.architecture == "graph2tree" else None
         self.hidden = cfg.hidden
 
     def forward(self, embedded: Tensor, lengths: Tensor, graphs: Tensor | None) -> tuple[Tensor, Tensor]:
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=embedded.size(1))
+        out = self.rnn(embedded, lengths)
         h = self.hidden
         rows = torch.arange(out.size(0), device=out.device)
         # The forward direction's last real step and the backward direction's first step. (The public code took
