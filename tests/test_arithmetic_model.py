@@ -201,3 +201,9 @@ def test_batch_gru_matches_nn_gru_outputs_and_gradients(layers):
     assert torch.allclose(x.grad, ref_x, atol=1e-5)
     for n, p in ours.named_parameters():
         assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+
+
+def test_encoder_preset_keeps_embeddings_dense_and_prunes_the_graph_transformer():
+    names = set(select_prunable(tiny_solver("graph2tree"), "encoder"))
+    assert "encoder.graph.convolutions.0.gc1.weight" in names and "encoder.rnn.weight_ih_l1" in names
+    assert not any(n.startswith("embedder") or n == "predict.constants.weight" for n in names)

@@ -121,6 +121,28 @@ def test_shipped_presets_validate():
     assert load_spec("demo").models == ["minilm"]
     paper = load_spec("paper")
     assert len(paper.sparsities) == 10 and paper.train.max_steps == 3000 and paper.models == ["roberta-large"]
+    nodes = expand(load_spec("paper-arithmetic"))
+    dense = [n.request for n in nodes if n.request.method == "dense"]
+    # five folds each of MAWPS and ASDiv-A, plus SVAMP, for both solvers; the paper's settings as task defaults
+    assert len(dense) == 2 * (5 + 5 + 1)
+    assert {(r.spec.task, r.spec.fold) for r in dense} >= {("arithmetic/mawps", 4), ("arithmetic/svamp", None)}
+    g2t = next(r for r in dense if r.spec.model.startswith("graph2tree"))
+    assert g2t.train.lr == 8e-4 and g2t.train.epochs == 50 and g2t.train.schedule == "step"
+
+
+def test_grid_runs_each_fold_with_its_own_dense_model(tiny_model_path, data_root, tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    tasks=[{"task": "arithmetic/mawps", "val_size": 10, "train_size": 16}],
+                                    models=[f"gts:{tiny_model_path}"], methods=["omp_after"], sparsities=[0.2],
+                                    train={"max_steps": 2})))
+    nodes = expand(spec)
+    assert len(nodes) == 2 * 5  # every fold by default: a dense run and an After run each
+    spec.tasks[0].folds = [1]
+    nodes = expand(spec)
+    assert [n.request.spec.fold for n in nodes] == [1, 1] and nodes[1].deps == (nodes[0].id,)
+    assert set(run_local(nodes).values()) == {"ran"}
+    records = ResultStore(tmp_path / "out" / "results.db").records()
+    assert sorted((r["method"], r["fold"]) for r in records) == [("dense", 1), ("omp_after", 1)]
 
 
 def test_ray_executor_on_a_local_instance(tiny_model_path, data_root, tmp_path):

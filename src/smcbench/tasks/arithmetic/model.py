@@ -173,7 +173,7 @@ class GraphModule(nn.Module):
 
     def __init__(self, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.heads = nn.ModuleList(GraphHead(hidden, hidden // 4, dropout) for _ in range(4))
+        self.convolutions = nn.ModuleList(GraphHead(hidden, hidden // 4, dropout) for _ in range(4))
         self.norm = nn.LayerNorm(4 * (hidden // 4))
         self.feed_forward_1 = nn.Linear(hidden, hidden)
         self.feed_forward_2 = nn.Linear(hidden, hidden)
@@ -182,7 +182,7 @@ class GraphModule(nn.Module):
     def forward(self, x: Tensor, graphs: Tensor) -> Tensor:
         """x [B, S, H]; graphs [B, 2, S, S]: quantity cell graph, quantity comparison graph."""
         adj = (graphs[:, 0], graphs[:, 0], graphs[:, 1], graphs[:, 1])
-        g = self.norm(torch.cat([head(x, a) for head, a in zip(self.heads, adj, strict=True)], 2)) + x
+        g = self.norm(torch.cat([head(x, a) for head, a in zip(self.convolutions, adj, strict=True)], 2)) + x
         return self.feed_forward_2(self.dropout(F.relu(self.feed_forward_1(g)))) + g
 
 
