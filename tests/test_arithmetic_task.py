@@ -127,3 +127,9 @@ def test_real_folds_read_and_every_training_equation_is_a_tree():
             tree_shape(vocab.encode(p.equation), len(vocab.ops))
         assert len(read_problems(folder / "dev.csv")) > 200
     assert len(read_problems(REAL / "mawps-asdiv-a_svamp" / "dev.csv")) == 1000
+
+
+def test_the_embedders_unused_pooler_is_not_loaded(tiny_model_path, data_root):
+    # Only token states feed the GRU; a pooler's weights would be prunable for free (and collapse first).
+    model = get_task(spec(tiny_model_path, data_root)).initial_model()
+    assert not any("pooler" in name for name, _ in model.named_parameters())

@@ -59,9 +59,9 @@ def _from_pretrained(name: str, auto_class: str, **kwargs):
         raise SmcBenchError(f"cannot load {name!r} from {path!r}{offline}: {first}") from err
 
 
-def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice"):
+def load_pretrained(name: str, auto_class: str = "AutoModelForMultipleChoice", **kwargs):
     """Load a model with a `transformers` Auto class; one clear error when it cannot be had."""
-    return _from_pretrained(name, auto_class)
+    return _from_pretrained(name, auto_class, **kwargs)
 
 
 def load_tokenizer(name: str, **kwargs):

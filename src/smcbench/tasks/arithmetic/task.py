@@ -156,7 +156,12 @@ class ArithmeticRun(TaskRun):
             embedder: nn.Module = RandomEmbedder(len(self.words), RANDOM_EMBEDDING_SIZE)
             size = RANDOM_EMBEDDING_SIZE
         else:
-            embedder = load_pretrained(self.embedder_name, "AutoModel")
+            # Only the token states are used: drop the pooler where the architecture has one, or its unused
+            # weights would count as prunable (and be pruned for free).
+            try:
+                embedder = load_pretrained(self.embedder_name, "AutoModel", add_pooling_layer=False)
+            except TypeError:
+                embedder = load_pretrained(self.embedder_name, "AutoModel")
             size = embedder.config.hidden_size
         return MathSolver(embedder, size, self.solver_config())
 
