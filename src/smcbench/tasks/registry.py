@@ -90,6 +90,19 @@ class TaskRun(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Metrics on the evaluation split; includes `self.metric`."""
 
+    def split_training(self, rows: list) -> tuple[list, list]:
+        """(training pool, validation): validation is carved from the end of the training data (model selection
+        never sees the evaluation split), then the pool is cut to the spec's train size."""
+        val_size = min(self.spec.val_size, len(rows) // 5)
+        if val_size < 1:
+            raise SmcBenchError(f"{self.name}: too few training examples ({len(rows)}) to carve a validation split")
+        pool, val = rows[: len(rows) - val_size], rows[len(rows) - val_size:]
+        if self.spec.train_size is not None:
+            if self.spec.train_size < 1:
+                raise SmcBenchError(f"train size must be >= 1, got {self.spec.train_size}")
+            pool = pool[: self.spec.train_size]
+        return pool, val
+
     def train_defaults(self) -> dict[str, Any]:
         """Training settings this task uses unless the user sets them (TrainConfig field -> value)."""
         return {}

@@ -92,15 +92,7 @@ class ArithmeticRun(TaskRun):
 
     @cached_property
     def _rows(self) -> tuple[list[Problem], list[Problem], list[Problem]]:
-        rows = [p for f in self.train_files for p in read_problems(self.data_dir / f)]
-        val_size = min(self.spec.val_size, len(rows) // 5)
-        if val_size < 1:
-            raise SmcBenchError(f"{self.name}: too few training problems ({len(rows)}) to carve a validation split")
-        pool, val = rows[: len(rows) - val_size], rows[len(rows) - val_size:]
-        if self.spec.train_size is not None:
-            if self.spec.train_size < 1:
-                raise SmcBenchError(f"train size must be >= 1, got {self.spec.train_size}")
-            pool = pool[: self.spec.train_size]
+        pool, val = self.split_training([p for f in self.train_files for p in read_problems(self.data_dir / f)])
         test = [p for f in self.eval_files for p in read_problems(self.data_dir / f)]
         if self.spec.eval_size is not None:
             test = test[: self.spec.eval_size]

@@ -49,15 +49,7 @@ class MultipleChoiceRun(TaskRun):
 
     @cached_property
     def _splits(self) -> tuple[list[Features], list[Features]]:
-        rows = self.read(self.data_dir, "train")
-        val_size = min(self.spec.val_size, len(rows) // 5)
-        if val_size < 1:
-            raise SmcBenchError(f"{self.name}: too few training examples ({len(rows)}) to carve a validation split")
-        pool, val = rows[: len(rows) - val_size], rows[len(rows) - val_size:]
-        if self.spec.train_size is not None:
-            if self.spec.train_size < 1:
-                raise SmcBenchError(f"train size must be >= 1, got {self.spec.train_size}")
-            pool = pool[: self.spec.train_size]
+        pool, val = self.split_training(self.read(self.data_dir, "train"))
         return self._encode(pool), self._encode(val)
 
     @cached_property
