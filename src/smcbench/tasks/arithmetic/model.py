@@ -77,17 +77,6 @@ class Attention(nn.Module):
         return e.masked_fill(mask, NEG)
 
 
-class Gate(nn.Module):
-    """tanh(a(x)) * sigmoid(b(x)): the gated layers of GTS, kept as two Linear layers named as the public code."""
-
-    def __init__(self, value: nn.Linear, gate: nn.Linear) -> None:
-        super().__init__()
-        self.value, self.gate = value, gate
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.value(x)) * torch.sigmoid(self.gate(x))
-
-
 class Predict(nn.Module):
     """Node goal -> (gated current node, context over the problem, operator logits, leaf scores)."""
 
