@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from smcbench.cli import app
 from smcbench.errors import SmcBenchError
-from smcbench.methods import METHODS, SparseSettings
+from smcbench.methods import METHODS
 from smcbench.runner.single import RunRequest, execute, resolve
 from smcbench.sparsity import read_masks
 from smcbench.tasks import TaskSpec, get_task, known_tasks
@@ -78,7 +78,7 @@ def test_quantity_graphs(tiny_model_path, data_root):
 def test_a_tiny_solver_learns_tiny_arithmetic(arch, tiny_model_path, data_root, tmp_path):
     s, cfg = resolve(spec(tiny_model_path, data_root, arch=arch), {"max_steps": 240, "batch_size": 8,
                                                                    "eval_every": 40, "schedule": "constant"})
-    [r] = execute(RunRequest(s, "dense", [], cfg, SparseSettings(), tmp_path, progress=False))
+    [r] = execute(RunRequest(s, "dense", [], cfg, {}, tmp_path, progress=False))
     assert r["metrics"]["accuracy"] >= 0.9, r["metrics"]
     assert r["metrics"]["equation_accuracy"] >= 0.9 and r["validation_best"] >= 0.9
 
@@ -86,7 +86,7 @@ def test_a_tiny_solver_learns_tiny_arithmetic(arch, tiny_model_path, data_root, 
 @pytest.mark.parametrize("method", SPARSE_METHODS)
 def test_every_method_runs_on_a_tiny_fold(method, tiny_model_path, data_root, tmp_path):
     s, cfg = resolve(spec(tiny_model_path, data_root, train_size=24), {"max_steps": 4, "eval_every": 2})
-    records = execute(RunRequest(s, method, [0.2, 0.36], cfg, SparseSettings(), tmp_path, progress=False))
+    records = execute(RunRequest(s, method, [0.2, 0.36], cfg, {}, tmp_path, progress=False))
     assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
     for r in records:
         layers = {layer["name"]: layer for layer in r["layers"]}

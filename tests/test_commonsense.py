@@ -73,7 +73,8 @@ def test_validation_is_carved_from_training_data_and_never_from_the_evaluation_s
 
 
 def test_collate_pads_to_the_longest_choice_in_the_batch(data_root, tiny_model_path):
-    task = get_task(TaskSpec("commonsense/winogrande", tiny_model_path, str(data_root), train_variant="xs"))
+    task = get_task(TaskSpec("commonsense/winogrande", tiny_model_path, str(data_root),
+                             options={"train_variant": "xs"}))
     train, lengths = task.train_examples()
     batch = task.collate(list(train[:4]))
     assert batch["input_ids"].shape == (4, 2, max(lengths[:4]))

@@ -120,7 +120,7 @@ def test_unreadable_specs_are_clear_errors(tmp_path):
 def test_shipped_presets_validate():
     assert load_spec("demo").models == ["minilm"]
     paper = load_spec("paper")
-    assert len(paper.sparsities) == 10 and paper.train.max_steps == 3000 and paper.models == ["roberta-large"]
+    assert len(paper.sparsities) == 10 and paper.train["max_steps"] == 3000 and paper.models == ["roberta-large"]
     nodes = expand(load_spec("paper-arithmetic"))
     dense = [n.request for n in nodes if n.request.method == "dense"]
     # five folds each of MAWPS and ASDiv-A, plus SVAMP, for both solvers; the paper's settings as task defaults
@@ -137,7 +137,7 @@ def test_grid_runs_each_fold_with_its_own_dense_model(tiny_model_path, data_root
                                     train={"max_steps": 2})))
     nodes = expand(spec)
     assert len(nodes) == 2 * 5  # every fold by default: a dense run and an After run each
-    spec.tasks[0].folds = [1]
+    spec.tasks[0] = spec.tasks[0].model_copy(update={"folds": [1]})
     nodes = expand(spec)
     assert [n.request.spec.fold for n in nodes] == [1, 1] and nodes[1].deps == (nodes[0].id,)
     assert set(run_local(nodes).values()) == {"ran"}

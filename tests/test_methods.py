@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from smcbench.methods import METHODS, SparseSettings
+from smcbench.methods import METHODS
 from smcbench.runner.single import LocalExperiment, RunRequest, execute
 from smcbench.runner.store import ResultStore
 from smcbench.sparsity import read_masks
@@ -23,7 +23,7 @@ def request(tiny_model_path, data_root, out, method, sparsities, **settings):
         method=method,
         sparsities=sparsities,
         train=TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3),
-        settings=SparseSettings(**settings),
+        settings=settings,
         out=out,
         progress=False,
     )
@@ -40,7 +40,7 @@ def test_every_method_runs_and_reaches_its_target_exactly(method, tiny_model_pat
         else:  # global allocation: exact over all selected weights
             total = sum(layer["numel"] for layer in r["layers"])
             assert sum(layer["pruned"] for layer in r["layers"]) == round(s * total)
-        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metrics"]["chance"] == 0.2
+        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metric"]["chance"] == 0.2
         masks = read_masks(f"{r['dir']}/masks.safetensors")
         from safetensors.torch import load_file
 
@@ -85,7 +85,7 @@ def run_spy(tiny_model_path, data_root, tmp_path, method, sparsities):
 
     req = request(tiny_model_path, data_root, tmp_path, method, sparsities)
     exp = Spy(req, get_task(req.spec))
-    outcomes = list(get_method(method)(exp, sparsities))
+    outcomes = list(get_method(method).run(exp, sparsities))
     return exp, outcomes
 
 
@@ -156,9 +156,9 @@ def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_pat
 def test_winogrande_and_race_run_end_to_end(task, chance, tiny_model_path, data_root, tmp_path):
     req = request(tiny_model_path, data_root, tmp_path, "omp_before", [0.36])
     req.spec = TaskSpec(task, tiny_model_path, str(data_root), train_size=12, val_size=4, eval_size=6,
-                        max_length=48, train_variant="xs")
+                        max_length=48, options={"train_variant": "xs"} if task.endswith("winogrande") else {})
     [r] = execute(req)
-    assert r["metrics"]["chance"] == chance and r["metrics"]["eval_examples"] == 6
+    assert r["metric"]["chance"] == chance and r["metrics"]["eval_examples"] == 6
     total = sum(layer["numel"] for layer in r["layers"])
     assert sum(layer["pruned"] for layer in r["layers"]) == round(0.36 * total)
 

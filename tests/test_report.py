@@ -5,6 +5,7 @@ from smcbench.errors import SmcBenchError
 from smcbench.report import analysis
 from smcbench.report.render import build
 from smcbench.runner.store import ResultStore
+from smcbench.sparsity.report import relative_change
 
 
 def rec(method, s, acc, seed=0, run=None):
@@ -35,6 +36,16 @@ def test_failing_sparsity_uses_the_dense_spread_or_an_absolute_tolerance():
     assert analysis.dense_reference(one)[1] == analysis.DEFAULT_ABS_TOLERANCE
 
 
+def test_failing_sparsity_follows_the_metric_direction():
+    from smcbench.metrics import Metric
+
+    points = [analysis.Point(0.2, 0.40, 0, 1), analysis.Point(0.36, 0.52, 0, 1)]
+    lower = Metric("mse", higher_is_better=False)
+    assert analysis.failing_sparsity(points, 0.5, 0.01, lower) == (0.2, 0.36)  # an error of 0.40 beats 0.5
+    assert analysis.failing_sparsity(points, 0.5, 0.01) == (None, 0.2)  # as accuracy, 0.40 is worse
+    assert analysis.metric_of({"metric": lower.to_dict(), "metrics": {"mse": 0.3, "accuracy": 0.9}}) == 0.3
+
+
 def test_mask_overlap_is_jaccard_of_kept_weights():
     a = {"w": torch.tensor([True, True, False, False]), "v": torch.tensor([True, False])}
     b = {"w": torch.tensor([True, False, True, False]), "v": torch.tensor([True, False])}
@@ -50,7 +61,7 @@ def test_mask_overlap_is_jaccard_of_kept_weights():
 def test_relative_weight_change():
     before = {"w": torch.tensor([3.0, 4.0])}
     after = {"w": torch.tensor([3.0, 4.5])}
-    assert analysis.relative_change(after, before, ["w"]) == {"w": pytest.approx(0.1)}
+    assert relative_change(after, before, ["w"]) == {"w": pytest.approx(0.1)}
 
 
 def test_report_from_a_small_results_database(tmp_path):

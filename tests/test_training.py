@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.methods import GradualPruning, MaskEnforcer, RigLUpdates
 from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
-from smcbench.training import Callback, GradualPruning, MaskEnforcer, RigLUpdates, TrainConfig, train
+from smcbench.training import Callback, TrainConfig, train
 from smcbench.training.loop import epoch_batches, linear_schedule
 
 
@@ -187,3 +188,140 @@ def test_eval_epochs_sets_the_validation_interval():
     cfg = TrainConfig(batch_size=4, eval_epochs=2)
     assert cfg.validation_interval(40) == 20 and TrainConfig().validation_interval(40) is None
     assert TrainConfig(eval_every=3, eval_epochs=2).validation_interval(40) == 3
+
+
+class Recorder(Callback):
+    def __init__(self, name, order, log):
+        self.name, self.order, self.log = name, order, log
+
+    def on_after_backward(self, state):
+        self.log.append((self.name, "after_backward", state.step))
+
+    def on_evaluate_begin(self, state):
+        self.log.append((self.name, "evaluate_begin", state.step))
+
+    def on_evaluate_end(self, state):
+        self.log.append((self.name, "evaluate_end", state.step))
+
+
+def test_callbacks_run_in_their_declared_order_and_wrap_validation():
+    log = []
+    late, early = Recorder("late", 5, log), Recorder("early", -5, log)
+
+    def validate(m):
+        log.append(("loop", "evaluate", None))
+        return 0.0
+
+    train(Regression(), data(), collate, TrainConfig(lr=0.05, batch_size=8, max_steps=2, eval_every=2),
+          evaluate=validate, callbacks=[late, early], progress=False)
+    assert [e[:2] for e in log] == [("early", "after_backward"), ("late", "after_backward"),
+                                    ("early", "after_backward"), ("late", "after_backward"),
+                                    ("early", "evaluate_begin"), ("late", "evaluate_begin"), ("loop", "evaluate"),
+                                    ("early", "evaluate_end"), ("late", "evaluate_end")]
+
+
+class PullToThree(Callback):
+    """Owns one parameter, adds (a - 3)² to the loss: the shape of a learned-sparsity method (gates + penalty)."""
+
+    def __init__(self):
+        self.a = nn.Parameter(torch.zeros(()))
+        self.terms = 0
+
+    def parameter_groups(self, model):
+        return [{"params": [self.a], "lr": 0.1}]
+
+    def loss(self, state, batch, outputs, loss):
+        self.terms += 1
+        assert outputs.loss is loss  # the task's output is there for terms that need it (distillation)
+        return loss + (self.a - 3) ** 2
+
+    def state_dict(self):
+        return {"a": self.a.detach().clone()}
+
+    def load_state_dict(self, state):
+        if "a" in state:
+            with torch.no_grad():
+                self.a.copy_(state["a"])
+
+
+def test_a_callback_adds_to_the_loss_and_trains_its_own_parameters_through_a_resume(tmp_path):
+    cfg = TrainConfig(lr=0.05, batch_size=8, grad_accum=2, max_steps=9, eval_every=3)
+    reference = PullToThree()
+    train(Regression(), data(), collate, cfg, callbacks=[reference], progress=False)
+    trained = float(reference.a.detach())
+    assert reference.terms == 15  # once per micro-batch: 3 epochs of 5 batches (updates of 2, 2, 1)
+    # AdamW moves it about lr per update towards 3; the schedule (linear decay over 9 updates) scales this group
+    # too, so it gets 0.1 · (9 + 8 + ... + 1) / 9 = 0.5.
+    assert trained == pytest.approx(0.5, abs=0.05)
+
+    # Resume: the same run with validation (the best checkpoint, step 3, is restored at the end, callback state
+    # included), crashed at step 5 and resumed, equals it uninterrupted.
+    reference = PullToThree()
+    train(Regression(), data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[reference], progress=False)
+
+    first = PullToThree()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(Regression(), data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[first, Crash(5)],
+              checkpoint_dir=tmp_path, progress=False)
+    resumed = PullToThree()
+    train(Regression(), data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[resumed, Crash(-1)],
+          checkpoint_dir=tmp_path, progress=False)
+    assert float(resumed.a.detach()) == pytest.approx(float(reference.a.detach()), abs=1e-6)
+
+
+class Rewind(Callback):
+    """Learning-rate rewinding: the schedule restarts at update `at`."""
+
+    def __init__(self, at):
+        self.at, self.lrs = at, []
+
+    def lr_factor(self, state, factor):
+        return state.schedule(state.step - self.at) if state.step >= self.at else factor
+
+    def on_step_end(self, state):
+        self.lrs.append(state.optimizer.param_groups[0]["lr"])
+
+
+def test_lr_factor_hook_can_rewind_the_schedule():
+    rewind = Rewind(4)
+    train(Regression(), data(), collate, TrainConfig(lr=0.1, batch_size=8, max_steps=8, warmup_ratio=0.25),
+          callbacks=[rewind], progress=False)
+    expected = [0.1 * linear_schedule(s if s < 4 else s - 4, 8, 2) for s in range(8)]
+    assert rewind.lrs == pytest.approx(expected)
+
+    frozen, model = Rewind(0), Regression()
+    frozen.lr_factor = lambda state, factor: 0.0
+    start = weights(model).clone()
+    train(model, data(), collate, TrainConfig(lr=0.1, batch_size=8, max_steps=3), callbacks=[frozen], progress=False)
+    assert torch.equal(weights(model), start)
+
+
+@given(total=st.integers(2, 400), pct=st.floats(0.05, 0.9))
+def test_one_cycle_schedule_matches_torch(total, pct):
+    from smcbench.training.loop import lr_factor
+
+    if float(pct * total) - 1 <= 0:
+        return  # torch divides by zero when the rising phase has no step
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=total, pct_start=pct,
+                                                anneal_strategy="cos", cycle_momentum=False)
+    cfg = TrainConfig(schedule="one_cycle", warmup_ratio=pct)
+    for step in range(min(total, 60)):
+        assert lr_factor(cfg, step, total, 1) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6, abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_schedules_are_a_registry():
+    from smcbench.training import SCHEDULES, register_schedule
+
+    assert {"linear", "step", "constant", "one_cycle"} <= set(SCHEDULES)
+
+    @register_schedule("halfway")
+    def halfway(cfg, step, total, per_epoch):
+        return 1.0 if step < total // 2 else 0.5
+
+    try:
+        assert TrainConfig(schedule="halfway").schedule == "halfway"
+    finally:
+        del SCHEDULES["halfway"]

@@ -38,12 +38,14 @@ def demo(
 
     from smcbench.report.render import build
     from smcbench.runner.grid import expand, run_local
+    from smcbench.runner.migrate import migrate
     from smcbench.runner.spec import load_spec
 
     start = time.perf_counter()
     spec = load_spec("demo")
     if data_dir:
         spec = spec.model_copy(update={"data_dir": data_dir})
+    migrate(out, typer.echo)
     nodes = expand(spec, out)
     typer.echo(f"demo: {len(nodes)} runs ({sum(n.done() for n in nodes)} already done) under {out}")
     status = run_local(nodes, workers, print_progress)
@@ -96,10 +98,13 @@ def prune(
 
 
 def print_progress(node, status: str, seconds: float) -> None:
-    """One line per finished grid run: what, how long, and its accuracy."""
+    """One line per finished grid run: what, how long, and its primary metric."""
+    from smcbench.metrics import Metric
+
     if status == "ran":
         result = json.loads(node.result_path().read_text())
-        what = f"accuracy {result['metrics']['accuracy']:.3f}, sparsity {result['achieved_sparsity']:.3f}"
+        metric = Metric.of(result)
+        what = f"{metric.name} {metric.value(result):.3f}, sparsity {result['achieved_sparsity']:.3f}"
     else:
         what = status
     typer.echo(f"  {node.label}: {what} ({seconds:.0f} s)")
@@ -122,86 +127,108 @@ def parse_sparsities(text: str) -> list[float]:
     return values
 
 
-def parse_lr_groups(items: list[str] | None) -> tuple[tuple[str, float], ...] | None:
-    if not items:
-        return None
-    out = []
-    for item in items:
-        pattern, _, value = item.rpartition("=")
-        try:
-            out.append((pattern, float(value)))
-        except ValueError:
-            fail(f"--lr-group {item!r}: give REGEX=LR, e.g. '^embedder\\.=8e-6'")
-        if not pattern:
-            fail(f"--lr-group {item!r}: give REGEX=LR, e.g. '^embedder\\.=8e-6'")
-    return tuple(out)
+def parse_options(items: list[str] | None) -> dict[str, str]:
+    """--option KEY=VALUE (repeatable): a task's own options; the task's schema converts and checks the values."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--option {item!r}: give KEY=VALUE, e.g. train_variant=m")
+        out[key.strip()] = value.strip()
+    return out
 
 
-@app.command()
-def run(
-    task: str = typer.Argument(..., help="family/dataset: commonsense/csqa, commonsense/winogrande, "
-                               "commonsense/race-m, arithmetic/mawps, arithmetic/svamp, ..."),
-    method: str = typer.Option("dense", help="dense, lth, omp_after, random_after, gmp, omp_before, "
-                               "random_before, snip, omp_rigl, random_rigl, snip_rigl."),
-    sparsity: str = typer.Option("grid", help="Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
-    model: str = typer.Option(None, help="Commonsense: minilm (default, offline), roberta-base, roberta-large, "
-                              "hub id or folder. Arithmetic: gts (default) or graph2tree, optionally "
-                              ":<embedder> (minilm, roberta-base, random, hub id or folder)."),
-    data_dir: str = typer.Option(None, help="Folder holding commonsense/, arithmetic/...; default: $SMCBENCH_DATA "
-                                 "or ../shared/data."),
-    fold: int = typer.Option(None, help="Cross-validation fold of MAWPS / ASDiv-A (0-4; default 0)."),
-    train_size: int = typer.Option(None, help="Use the first N training examples."),
-    val_size: int = typer.Option(200, help="Validation examples carved from the training data (selection)."),
-    eval_size: int = typer.Option(None, help="Use the first N evaluation examples."),
-    train_variant: str = typer.Option(None, help="WinoGrande training size: xs, s, m, l."),
-    max_length: int = typer.Option(128, help="Tokens per input (per choice for multiple choice)."),
-    epochs: float = typer.Option(None, help="Training epochs (ignored with --max-steps). Default: the task's."),
-    max_steps: int = typer.Option(None, help="Optimizer updates."),
-    batch_size: int = typer.Option(None, help="Examples per micro-batch. Default: the task's."),
-    grad_accum: int = typer.Option(None, help="Micro-batches per update."),
-    lr: float = typer.Option(None, help="Peak learning rate. Default: the task's."),
-    lr_group: list[str] = typer.Option(None, help="REGEX=LR: learning rate of the parameters whose names match "
-                                       "(repeatable), e.g. '^embedder\\.=8e-6'. Default: the task's."),
-    schedule: str = typer.Option(None, help="linear (warmup, decay to 0) | step (StepLR) | constant."),
-    warmup_ratio: float = typer.Option(None, help="Warmup fraction of the updates."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay."),
-    eval_every: int = typer.Option(None, help="Validate every N updates (default: the task's, else once at the "
-                                   "end)."),
-    eval_epochs: float = typer.Option(None, help="Validate every E epochs (when --eval-every is not given)."),
-    seed: int = typer.Option(0, help="Seed of the head, data order and dropout."),
-    preset: str = typer.Option("all", help="Pruned tensors: all (paper main) or encoder (Appendix C)."),
-    interval: int = typer.Option(None, help="GMP / RigL interval in updates (default: 1/20 of training)."),
-    out: Path = typer.Option(Path("runs"), help="Output folder."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
-) -> None:
+def _method_setting_fields() -> dict[str, type]:
+    """Every setting any registered method declares (one CLI option each; the chosen method takes its own)."""
+    from smcbench.methods import METHODS
+
+    fields = {}
+    for method in METHODS.values():
+        for name in method.settings.user_fields():
+            fields.setdefault(name, method.settings)
+    return fields
+
+
+def run(task: str, method: str, sparsity: str, model: str | None, data_dir: str | None, fold: int | None, seed: int,
+        option: list[str] | None, out: Path, quiet: bool, **given) -> None:
     """Run one method of the SMC-Bench protocol on one task at one or more sparsities."""
-    from smcbench.methods import SparseSettings
+    from smcbench.methods import method_settings
+    from smcbench.metrics import Metric
+    from smcbench.runner.migrate import migrate
     from smcbench.runner.single import RunRequest, execute, resolve
     from smcbench.tasks import TaskSpec
+    from smcbench.tasks.registry import DataSettings
+    from smcbench.training import TrainConfig
 
     levels = parse_sparsities(sparsity) if sparsity else []
-    given = {"lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "batch_size": batch_size,
-             "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "eval_every": eval_every,
-             "eval_epochs": eval_epochs, "schedule": schedule, "lr_groups": parse_lr_groups(lr_group)}
+    data = DataSettings.validate_overrides(DataSettings.from_cli(given), "task data")
+    train_given = TrainConfig.validate_overrides(TrainConfig.from_cli(given), "training")
+    settings_given = {}
+    for name, schema in _method_setting_fields().items():
+        settings_given.update(schema.from_cli({name: given.get(name)}))
+    settings = method_settings(method, settings_given, "method settings", strict=True)
     spec, train_config = resolve(
-        TaskSpec(task, model, data_dir, train_size, val_size, eval_size, max_length, train_variant, seed, fold),
-        {**{k: v for k, v in given.items() if v is not None}, "seed": seed},
+        TaskSpec(task, model, data_dir, seed=seed, fold=fold, options=parse_options(option), **data),
+        {**train_given, "seed": seed},
     )
-    request = RunRequest(
-        spec=spec,
-        method=method,
-        sparsities=levels,
-        train=train_config,
-        settings=SparseSettings(preset=preset, interval=interval),
-        out=out,
-        progress=not quiet,
-    )
-    records = execute(request)
-    typer.echo(f"{'method':<14} {'target':>7} {'achieved':>9} {'accuracy':>9} {'chance':>7} {'train s':>8}  run")
+    migrate(out, typer.echo)
+    records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config, settings=settings,
+                                 out=out, progress=not quiet))
+    metric = Metric.of(records[-1])
+    name = metric.name[:12]
+    typer.echo(f"{'method':<14} {'target':>7} {'achieved':>9} {name:>12} {'chance':>7} {'train s':>8}  run")
     for r in records:
-        m = r["metrics"]
+        chance = "-" if metric.chance is None else f"{metric.chance:.3f}"
         typer.echo(f"{r['method']:<14} {r['target_sparsity']:>7.3f} {r['achieved_sparsity']:>9.4f} "
-                   f"{m['accuracy']:>9.4f} {m['chance']:>7.3f} {r['train_s']:>8.1f}  {r['dir']}")
+                   f"{metric.value(r):>12.4f} {chance:>7} {r['train_s']:>8.1f}  {r['dir']}")
+
+
+def _register_run() -> None:
+    """`smc-bench run`: its options follow from the settings schemas (task data, training, every method's
+    settings), so a new setting is a new option without touching this file."""
+    import inspect
+
+    from smcbench.methods import METHODS
+    from smcbench.tasks.registry import DataSettings
+    from smcbench.training import TrainConfig
+
+    def opt(name, default, annotation, help_text, *flags):
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                 default=typer.Option(default, *flags, help=help_text))
+
+    methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+    fixed = [
+        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                          default=typer.Argument(..., help="family/dataset: commonsense/csqa, "
+                                                 "commonsense/winogrande, commonsense/race-m, arithmetic/mawps, "
+                                                 "arithmetic/svamp, ...")),
+        opt("method", "dense", str, f"The method. {methods}."),
+        opt("sparsity", "grid", str, "Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
+        opt("model", None, str | None, "Commonsense: minilm (default, offline), roberta-base, roberta-large, hub id "
+            "or folder. Arithmetic: gts (default) or graph2tree, optionally :<embedder> (minilm, roberta-base, "
+            "random, hub id or folder)."),
+        opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/...; default: $SMCBENCH_DATA or "
+            "../shared/data."),
+        opt("fold", None, int | None, "Cross-validation fold of MAWPS / ASDiv-A (0-4; default 0)."),
+        opt("seed", 0, int, "Seed of the head, data order and dropout."),
+        opt("option", None, list[str] | None, "A task's own option, KEY=VALUE (repeatable), e.g. "
+            "train_variant=m for WinoGrande."),
+        opt("out", Path("runs"), Path, "Output folder."),
+        opt("quiet", False, bool, "No progress bars."),
+    ]
+    generated = [*DataSettings.cli_parameters(skip=frozenset({"options"})), *TrainConfig.cli_parameters()]
+    seen = {p.name for p in fixed} | {p.name for p in generated}
+    for name, schema in _method_setting_fields().items():
+        if name in seen:
+            raise RuntimeError(f"method setting {name!r} collides with another `run` option")
+        [param] = [p for p in schema.cli_parameters() if p.name == name]
+        seen.add(name)
+        generated.append(param)
+    run.__signature__ = inspect.Signature([*fixed, *generated])
+    app.command(name="run")(run)
+
+
+_register_run()
 
 
 @app.command()
@@ -218,6 +245,7 @@ def grid(
 ) -> None:
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
     from smcbench.runner.grid import expand, run_local, run_ray
+    from smcbench.runner.migrate import migrate
     from smcbench.runner.spec import load_spec
 
     if executor not in ("local", "ray"):
@@ -225,6 +253,7 @@ def grid(
     grid_spec = load_spec(spec)
     if data_dir:
         grid_spec = grid_spec.model_copy(update={"data_dir": data_dir})
+    migrate(out or Path(grid_spec.out), typer.echo)
     nodes = expand(grid_spec, out)
     if dry_run:
         done = sum(n.done() for n in nodes)
@@ -257,8 +286,10 @@ def report(
 ) -> None:
     """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG."""
     from smcbench.report.render import build
+    from smcbench.runner.migrate import migrate
     from smcbench.runner.store import ResultStore
 
+    migrate(out, typer.echo)
     store = ResultStore(out / "results.db")
     added = store.rescan(out)  # runs finished by older versions or lost rows: the folders are the truth
     if added:

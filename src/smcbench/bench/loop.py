@@ -21,7 +21,8 @@ from smcbench.bench.measure import in_subprocess
 def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None):
     from smcbench.tasks import TaskSpec, get_task
 
-    return get_task(TaskSpec("commonsense/csqa", "minilm", data_dir, train_size, 200, eval_size, max_length))
+    return get_task(TaskSpec("commonsense/csqa", "minilm", data_dir, train_size=train_size, val_size=200,
+                             eval_size=eval_size, max_length=max_length))
 
 
 def run_ours(args: argparse.Namespace) -> dict:
@@ -73,8 +74,9 @@ def profile(steps: int = 20, sparsity: float = 0.5, max_length: int = 64, batch_
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from smcbench.methods import MaskEnforcer
     from smcbench.sparsity import Sparsifier
-    from smcbench.training import MaskEnforcer, TrainConfig, train
+    from smcbench.training import TrainConfig, train
 
     task = _task(steps * batch_size, 50, max_length, data_dir)
     examples, lengths = task.train_examples()

@@ -8,10 +8,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-DEFAULT_ABS_TOLERANCE = 0.01  # one accuracy point, when a single dense seed gives no spread to compare with
+from smcbench.metrics import Metric
+
+ACCURACY = Metric("accuracy")
+DEFAULT_ABS_TOLERANCE = 0.01  # one point of the metric, when a single dense seed gives no spread to compare with
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,12 @@ class Point:
 
 
 def metric_of(record: dict) -> float:
-    return float(record["metrics"]["accuracy"])
+    """The value of the primary metric the record's task declares."""
+    return Metric.of(record).value(record)
 
 
 def curves(records: Iterable[dict]) -> dict[str, list[Point]]:
-    """Per method, metric vs target sparsity: mean and standard deviation over seeds."""
+    """Per method, the primary metric vs target sparsity: mean and standard deviation over seeds (and folds)."""
     values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         values[r["method"]][round(r["target_sparsity"], 3)].append(metric_of(r))
@@ -46,12 +49,14 @@ def dense_reference(points: list[Point]) -> tuple[float, float, str]:
     return p.mean, DEFAULT_ABS_TOLERANCE, f"an absolute {DEFAULT_ABS_TOLERANCE} (one dense seed: no spread to use)"
 
 
-def failing_sparsity(points: list[Point], dense: float, tolerance: float) -> tuple[float | None, float | None]:
+def failing_sparsity(points: list[Point], dense: float, tolerance: float,
+                     metric: Metric = ACCURACY) -> tuple[float | None, float | None]:
     """(largest level whose metric stays within `tolerance` of dense with every lower level also within it,
-    first level that falls below). None where there is no such level."""
+    first level that is worse than dense by more than `tolerance`, in the metric's direction). None where there
+    is no such level."""
     last_ok = None
     for p in sorted(points, key=lambda p: p.sparsity):
-        if p.mean < dense - tolerance:
+        if metric.worse_than(p.mean, dense, tolerance):
             return last_ok, p.sparsity
         last_ok = p.sparsity
     return last_ok, None
@@ -74,14 +79,3 @@ def mask_overlap(first: dict[str, Tensor], second: dict[str, Tensor]) -> tuple[f
 
 def random_overlap(sparsity: float) -> float:
     return (1 - sparsity) / (1 + sparsity)
-
-
-def relative_change(after: dict[str, Tensor], before: dict[str, Tensor], names: Iterable[str]) -> dict[str, float]:
-    """‖θ_ft − θ_0‖ / ‖θ_0‖ per tensor: small values everywhere are the lazy regime."""
-    out = {}
-    for n in names:
-        if n in after and n in before:
-            b = before[n].float()
-            norm = float(torch.linalg.vector_norm(b))
-            out[n] = float(torch.linalg.vector_norm(after[n].float() - b)) / norm if norm else 0.0
-    return out

@@ -12,9 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from smcbench.errors import SmcBenchError  # noqa: E402
+from smcbench.methods import is_sparse  # noqa: E402
+from smcbench.metrics import Metric  # noqa: E402
 from smcbench.report import analysis  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
@@ -91,53 +92,70 @@ def build(results: Path, out: Path, levels: list[float] | None = None) -> Path:
 def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None) -> None:
     label = f"{task} / {Path(model).name}"
     slug = f"{task.replace('/', '-')}-{Path(model).name}"
+    metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
     by_method = analysis.curves(rows)
-    chance = rows[0]["metrics"].get("chance")
-    dense = by_method.pop("dense", None)
+    references = [m for m in by_method if not is_sparse(m, by_method[m][0].sparsity)]
+    dense = by_method.pop(references[0]) if references else None
+    for other in references[1:]:
+        by_method.pop(other)
+    _curves(report, label, slug, metric, by_method, dense)
+    if dense:
+        _failing(report, label, metric, by_method, dense)
+    _layerwise(report, label, slug, rows, levels)
+    _overlap(report, label, rows)
+    _weight_change(report, label, slug, [r for r in rows if not is_sparse(r["method"], r["target_sparsity"])])
 
+
+def _direction(metric: Metric) -> str:
+    return "higher is better" if metric.higher_is_better else "lower is better"
+
+
+def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
+            dense: list[analysis.Point] | None) -> None:
+    """The metric vs sparsity per method: a figure and a table."""
+    name = metric.name
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(by_method.items()):
         ax.errorbar([p.sparsity for p in points], [p.mean for p in points], yerr=[p.std for p in points],
                     marker="o", capsize=3, label=method)
     if dense:
         ax.axhline(dense[0].mean, color="black", label="dense")
-    if chance is not None:
-        ax.axhline(chance, color="gray", linestyle="--", label="chance")
+    if metric.chance is not None:
+        ax.axhline(metric.chance, color="gray", linestyle="--", label="chance")
     ax.set_xlabel("sparsity")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(f"{name} ({_direction(metric)})")
     ax.set_title(label)
     ax.legend(fontsize=8)
-    report.figure(fig, f"curves-{slug}", f"Accuracy vs sparsity: {label}")
+    report.figure(fig, f"curves-{slug}", f"{name.capitalize()} vs sparsity: {label}")
 
-    table = ["| method | " + " | ".join(f"{p:.3f}" for p in sorted({p.sparsity for v in by_method.values()
-                                                                       for p in v})) + " |"]
     all_levels = sorted({p.sparsity for v in by_method.values() for p in v})
-    table.append("|---" * (len(all_levels) + 1) + "|")
+    table = ["| method | " + " | ".join(f"{p:.3f}" for p in all_levels) + " |", "|---" * (len(all_levels) + 1) + "|"]
     for method, points in sorted(by_method.items()):
         at = {p.sparsity: p for p in points}
         cells = [f"{at[s].mean:.3f}" + (f" ± {at[s].std:.3f}" if at[s].seeds > 1 else "") if s in at else ""
                  for s in all_levels]
         table.append(f"| {method} | " + " | ".join(cells) + " |")
     head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
-    report.sections.append((f"Accuracy: {label}", f"{head}; chance {chance}.\n\n" + "\n".join(table)))
+    chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
+    report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
+                            + "\n".join(table)))
 
-    if dense:
-        mean, tol, how = analysis.dense_reference(dense)
-        lines = [f"Tolerance: {how}. A method fails at the first level whose accuracy is below dense − tolerance.",
-                 "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]
-        for method, points in sorted(by_method.items()):
-            ok, fail = analysis.failing_sparsity(points, mean, tol)
-            lines.append(f"| {method} | {'-' if ok is None else f'{ok:.3f}'} | "
-                         f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
-        report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
 
-    _layerwise(report, label, slug, rows, levels)
-    _overlap(report, label, rows)
-    _weight_change(report, label, slug, rows)
+def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
+             dense: list[analysis.Point]) -> None:
+    mean, tol, how = analysis.dense_reference(dense)
+    lines = [f"Tolerance: {how}. A method fails at the first level whose {metric.name} is worse than dense by more "
+             "than the tolerance.",
+             "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]
+    for method, points in sorted(by_method.items()):
+        ok, fail = analysis.failing_sparsity(points, mean, tol, metric)
+        lines.append(f"| {method} | {'-' if ok is None else f'{ok:.3f}'} | "
+                     f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
+    report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
 
 
 def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: list[float] | None) -> None:
-    sparse = [r for r in rows if r["method"] != "dense" and r.get("layers")]
+    sparse = [r for r in rows if is_sparse(r["method"], r["target_sparsity"]) and r.get("layers")]
     if not sparse:
         return
     available = sorted({round(r["target_sparsity"], 3) for r in sparse})
@@ -176,7 +194,7 @@ def _overlap(report: Report, label: str, rows: list[dict]) -> None:
     by_key: dict[tuple[float, int], dict[str, dict]] = defaultdict(dict)
     for r in rows:
         path = Path(r.get("dir", "")) / "masks.safetensors"
-        if r["method"] != "dense" and path.is_file():
+        if is_sparse(r["method"], r["target_sparsity"]) and path.is_file():
             by_key[(round(r["target_sparsity"], 3), r["seed"])][r["method"]] = read_masks(path)
     lines = []
     for (level, seed), masks in sorted(by_key.items()):
@@ -193,23 +211,17 @@ def _overlap(report: Report, label: str, rows: list[dict]) -> None:
         report.sections.append((f"Mask overlap: {label}", head + "\n".join(lines)))
 
 
-def _weight_change(report: Report, label: str, slug: str, rows: list[dict]) -> None:
-    """‖θ_ft − θ_0‖ / ‖θ_0‖ per layer for the dense fine-tune (θ_0: the pretrained weights and seeded head)."""
-    dense = [r for r in rows if r["method"] == "dense" and (Path(r.get("dir", "")) / "model.safetensors").is_file()]
+def _weight_change(report: Report, label: str, slug: str, dense: list[dict]) -> None:
+    """‖θ_ft − θ_0‖ / ‖θ_0‖ per layer for the dense fine-tune (θ_0: the pretrained weights and seeded head), as
+    the runner recorded it."""
     if not dense:
         return
-    from smcbench.tasks import TaskSpec, get_task
-
     r = dense[0]
-    spec = TaskSpec(**{**r["config"]["task"], "data_dir": None})
-    try:
-        theta0 = {n: p.detach() for n, p in get_task(spec).initial_model().named_parameters()}
-    except SmcBenchError as err:
-        report.sections.append((f"Weight change: {label}", f"θ0 could not be loaded: {err}"))
+    change = r.get("weight_change")
+    if not change:
+        report.sections.append((f"Weight change: {label}", "Not recorded: the dense run finished before smc-bench "
+                                "recorded weight change at run time (re-run it to get it)."))
         return
-    tuned = load_file(str(Path(r["dir"]) / "model.safetensors"))
-    names = [x["name"] for x in r["layers"]]
-    change = analysis.relative_change(tuned, theta0, names)
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.bar(range(len(change)), list(change.values()))
     ax.set_xticks(range(len(change)))

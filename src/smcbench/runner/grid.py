@@ -19,13 +19,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from smcbench.errors import SmcBenchError
-from smcbench.methods import AFTER, METHODS, SparseSettings
-from smcbench.runner.single import RunRequest, config_id, dense_dir, execute, resolve, run_dir
+from smcbench.methods import DENSE, get_method
+from smcbench.runner.identity import config_id
+from smcbench.runner.single import RunRequest, dense_dir, execute, resolve, run_dir
 from smcbench.runner.spec import GridSpec
-from smcbench.sparsity.schedules import imp_levels, imp_round
 from smcbench.tasks import TaskSpec
 from smcbench.tasks.registry import task_info
-from smcbench.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class Node:
 
     def result_path(self) -> Path:
         r = self.request
-        if r.method == "dense":
+        if not get_method(r.method).sparse:
             return dense_dir(r) / "result.json"
         return run_dir(r, r.run_config(r.sparsities[0])) / "result.json"
 
@@ -46,54 +45,42 @@ class Node:
 
 
 def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
-    """The grid's nodes in an order where every node comes after its dependencies."""
-    unknown = [m for m in spec.methods if m not in METHODS]
-    if unknown:
-        raise SmcBenchError(f"spec: unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
-    if "lth" in spec.methods:
-        for s in spec.sparsities:
-            imp_round(s)
+    """The grid's nodes in an order where every node comes after its dependencies. The methods say what they need:
+    the dense fine-tune (one node per task, model, seed, fold and training config, shared), a chain (one node per
+    level, each after the one before), or nothing."""
+    spec.check()
+    entries = [(get_method(name), spec.method_settings(name, own)) for name, own in spec.method_entries()]
+    levels = {m.name: m.levels(spec.sparsities) for m, _ in entries}  # fails before any run when out of reach
     out = Path(out or spec.out)
-    overrides = spec.train.overrides()
-    settings = SparseSettings(**spec.settings.model_dump())
+    overrides = spec.overrides()
     nodes: list[Node] = []
     for entry in spec.tasks:
         folds = entry.folds if entry.folds is not None else list(range(task_info(entry.task).folds)) or [None]
+        data = entry.model_dump(exclude={"task", "folds"})
         for model, seed, fold in itertools.product(spec.models, spec.seeds, folds):
-            task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, entry.train_size, entry.val_size,
-                                         entry.eval_size, entry.max_length, entry.train_variant, seed, fold),
+            task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, seed=seed, fold=fold, **data),
                                 {**overrides, "seed": seed})
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
-            request = _requests(task, cfg, settings, out)
-            dense = request("dense", [])
+            dense = RunRequest(task, DENSE, [], cfg, {}, out, progress=False)
             dense_id = config_id(dense.dense_config())
-            needs_dense = "dense" in spec.methods or any(m in AFTER for m in spec.methods)
-            if needs_dense:
-                nodes.append(Node(dense_id, f"{where}: dense", dense, ()))
-            for method in spec.methods:
-                if method == "dense":
+            if any(not m.sparse or m.needs_dense for m, _ in entries):
+                nodes.append(Node(dense_id, f"{where}: {DENSE}", dense, ()))
+            for method, settings in entries:
+                if not method.sparse:
                     continue
-                if method == "lth":
-                    previous = dense_id
-                    rounds = max(imp_round(s) for s in spec.sparsities)
-                    for k, level in enumerate(imp_levels(rounds), 1):
-                        req = request("lth", [level])
+                start = (dense_id,) if method.needs_dense else ()
+                if method.chained:
+                    previous = start
+                    for k, level in enumerate(method.chain(max(levels[method.name])), 1):
+                        req = RunRequest(task, method.name, [level], cfg, settings, out, progress=False)
                         node_id = config_id(req.run_config(level))
-                        nodes.append(Node(node_id, f"{where}: lth round {k} ({level:.3f})", req, (previous,)))
-                        previous = node_id
+                        nodes.append(Node(node_id, f"{where}: {method.name} round {k} ({level:.3f})", req, previous))
+                        previous = (node_id,)
                     continue
-                for s in spec.sparsities:
-                    req = request(method, [s])
-                    deps = (dense_id,) if method in AFTER else ()
-                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method} @ {s:.3f}", req, deps))
+                for s in levels[method.name]:
+                    req = RunRequest(task, method.name, [s], cfg, settings, out, progress=False)
+                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method.name} @ {s:.3f}", req, start))
     return nodes
-
-
-def _requests(task: TaskSpec, cfg: TrainConfig, settings: SparseSettings, out: Path):
-    def request(method: str, levels: list[float]) -> RunRequest:
-        return RunRequest(task, method, levels, cfg, settings, out, progress=False)
-
-    return request
 
 
 def _run_node(request: RunRequest, threads: int) -> str:

@@ -5,38 +5,36 @@ Layout under `--out`:
   runs/<method>/<task>/<id>/  config.json, result.json, masks.safetensors, model.safetensors
   checkpoints/<id>/      training checkpoints while a run is under way (removed when it finishes)
   results.db             SQLite, one row per finished run (smcbench.runner.store)
-A run's id is the hash of its resolved config; a run whose result.json exists is skipped.
+A run's id is the hash of its identity (runner.identity); a run whose result.json exists is skipped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import smcbench
-from smcbench.methods import AFTER, Outcome, SparseSettings, get_method
+from smcbench.methods import DENSE, NoSettings, Outcome, get_method, method_settings
+from smcbench.runner.identity import config_id, run_config
+from smcbench.runner.migrate import migrate
 from smcbench.runner.store import ResultStore
+from smcbench.settings import Settings
 from smcbench.sparsity import PAPER_GRID, read_masks
-from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, weight_sparsity
-from smcbench.sparsity.schedules import imp_levels, imp_round
+from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, relative_change, weight_sparsity
 from smcbench.sparsity.selection import select_prunable
 from smcbench.tasks import TaskRun, TaskSpec, get_task
 from smcbench.tasks.registry import resolve_spec
-from smcbench.training import Callback, TrainConfig, train
+from smcbench.training import Callback, TrainConfig, loss_value, train
 from smcbench.training.checkpoint import load_model_tensors, model_tensors, write_json
-
-
-def config_id(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def code_version() -> str:
@@ -50,23 +48,27 @@ def code_version() -> str:
 
 @dataclass
 class RunRequest:
+    """One method on one task. `settings` may be the method's settings or a flat mapping (each method takes the
+    keys it declares; a key no method declares is an error)."""
+
     spec: TaskSpec
     method: str
     sparsities: list[float]
     train: TrainConfig = field(default_factory=TrainConfig)
-    settings: SparseSettings = field(default_factory=SparseSettings)
+    settings: Mapping[str, Any] | Settings = field(default_factory=dict)
     out: Path = Path("runs")
     progress: bool = True
 
-    def base_config(self) -> dict:
-        return {"task": self.spec.identity(), "train": self.train.to_dict(), "settings": asdict(self.settings)}
+    def __post_init__(self) -> None:
+        self.settings = method_settings(self.method, self.settings, "settings")
+        self.out = Path(self.out)
 
     def run_config(self, sparsity: float) -> dict:
-        return {**self.base_config(), "method": self.method, "sparsity": round(sparsity, 6)}
+        return run_config(resolve_spec(self.spec).identity(), self.train, self.method, self.settings, sparsity)
 
     def dense_config(self) -> dict:
-        # Sparse settings do not change the dense fine-tune.
-        return {"task": self.spec.identity(), "train": self.train.to_dict(), "method": "dense", "sparsity": 0.0}
+        # The method's settings do not change the dense fine-tune.
+        return run_config(resolve_spec(self.spec).identity(), self.train, DENSE, NoSettings(), 0.0)
 
 
 class LocalExperiment:
@@ -92,11 +94,11 @@ class LocalExperiment:
         ckpt = self.request.out / "checkpoints" / config_id({"run": self.current_id, "tag": tag})
         self.checkpoints.append(ckpt)
         return train(model, self.examples, self.task.collate, self.request.train, lengths=self.lengths,
-                     evaluate=self.task.validate, callbacks=callbacks, checkpoint_dir=ckpt,
-                     loss_fn=self.task.loss, progress=self.request.progress, description=tag)
+                     evaluate=self.task.validate, maximize=self.task.metric.higher_is_better, callbacks=callbacks,
+                     checkpoint_dir=ckpt, loss_fn=self.task.loss, progress=self.request.progress, description=tag)
 
     def loss(self, model: nn.Module, batch: dict):
-        return self.task.loss(model, batch)
+        return loss_value(self.task.loss(model, batch))
 
     def score_batches(self) -> Iterator[dict]:
         return self.task.score_batches(self.batch_size)
@@ -110,15 +112,13 @@ class LocalExperiment:
         return model, read_masks(folder / "masks.safetensors")
 
     def dense_model(self) -> nn.Module:
-        """A fresh copy of the dense fine-tune, trained the first time only."""
+        """A fresh copy of the dense fine-tune, trained (by the dense method) the first time only."""
         folder = dense_dir(self.request)
         if not (folder / "result.json").is_file():
             saved_id, self.current_id = self.current_id, config_id(self.request.dense_config())
-            model = self.initial_model()
             start = time.perf_counter()
-            result = self.fine_tune(model, [], "dense (shared by After methods)")
+            [outcome] = get_method(DENSE).run(self, [])
             self.dense_trainings += 1
-            outcome = Outcome(0.0, model, None, result)
             record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
                                 time.perf_counter() - start)
             if record is not None:
@@ -144,8 +144,12 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     if outcome.sparsifier is not None:
         rows = layer_sparsity(outcome.sparsifier.masks)
         outcome.sparsifier.save_masks(tmp / "masks.safetensors")
-    else:
-        rows = weight_sparsity(dict(select_prunable(outcome.model, request.settings.preset)))
+    else:  # the dense model: every Linear and Embedding weight
+        rows = weight_sparsity(dict(select_prunable(outcome.model, "all")))
+    # The lazy-regime diagnostic, recorded now so that the report needs no model weights: how far training moved
+    # each layer from θ0 (the pretrained weights and the seeded head).
+    theta0 = dict(exp.initial_model().named_parameters())
+    change = relative_change(dict(outcome.model.named_parameters()), theta0, [r.name for r in rows])
     save_file(model_tensors(outcome.model), str(tmp / "model.safetensors"))
     run_id = config_id(config)
     result = outcome.train
@@ -158,7 +162,9 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "target_sparsity": config["sparsity"],
         "achieved_sparsity": overall_sparsity(rows),
         "layers": as_records(rows),
+        "metric": exp.task.metric.to_dict(),
         "metrics": metrics,
+        "weight_change": change,
         "validation_best": result.best_metric,
         "best_step": result.best_step,
         "steps": result.steps,
@@ -199,31 +205,30 @@ def dense_dir(request: RunRequest) -> Path:
 
 def execute(request: RunRequest) -> list[dict]:
     """Run what is missing; return the record of every requested run (finished now or before)."""
+    migrate(request.out)  # runs written under an older identity schema are found under their new ids
+    request.spec = resolve_spec(request.spec)
+    method = get_method(request.method)
     task = get_task(request.spec)
-    if request.method == "dense":
+    if not method.sparse:
         done = dense_dir(request) / "result.json"
         if not done.is_file():
             LocalExperiment(request, task).dense_model()
         return [json.loads(done.read_text())]
-    method = get_method(request.method)
-    if not request.sparsities:
-        request.sparsities = list(PAPER_GRID)  # the paper's grid, 1 − 0.8^k for k = 1..10
-    if request.method == "lth":
-        # LTH reaches exactly 1 − 0.8^k: 0.738 asks for round 6, whose level is 0.737856. Fails before any
-        # training when a level is out of reach.
-        request.sparsities = [imp_levels(imp_round(s))[-1] for s in request.sparsities]
+    # The paper's grid by default (1 − 0.8^k, k = 1..10); the levels the method reaches (fails before any training
+    # when one is out of reach).
+    request.sparsities = method.levels(request.sparsities or list(PAPER_GRID))
     done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
     pending = [s for s in request.sparsities if not done[s].is_file()]
     if pending:
         exp = LocalExperiment(request, task)
-        if request.method in AFTER:
+        if method.needs_dense:
             exp.dense_model()  # trained once, before any sparse run starts
         store = ResultStore(request.out / "results.db")
-        # LTH reaches every level on the way to the highest: one chain of rounds.
-        for target in [max(pending)] if request.method == "lth" else pending:
+        # A chained method reaches every level on the way to the highest: one chain.
+        for target in [max(pending)] if method.chained else pending:
             exp.current_id = config_id(request.run_config(target))
             started = time.perf_counter()
-            for outcome in method(exp, [target]):
+            for outcome in method.run(exp, [target]):
                 config = request.run_config(outcome.sparsity)
                 folder = run_dir(request, config)
                 if not (folder / "result.json").is_file():

@@ -3,63 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smcbench.errors import SmcBenchError
+from smcbench.methods import get_method, method_settings
+from smcbench.settings import Settings, one_line
 from smcbench.sparsity import imp_levels
+from smcbench.tasks.registry import DataSettings
+from smcbench.training import TrainConfig
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskEntry(Strict):
+class TaskEntry(DataSettings):
+    """A task with its data settings (the fields every task has, from tasks.registry.DataSettings) and options."""
+
     task: str
-    train_size: int | None = Field(None, ge=1)
-    val_size: int = Field(200, ge=1)
-    eval_size: int | None = Field(None, ge=1)
-    max_length: int = Field(128, ge=8)
-    train_variant: str | None = None
     folds: list[int] | None = None  # cross-validated tasks: which folds (default: all of them)
-
-
-class TrainSettings(Strict):
-    """Training settings; a key left out takes the task's default (e.g. GTS: lr 1e-3, StepLR), then the loop's."""
-
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    warmup_ratio: float | None = Field(None, ge=0, le=1)
-    batch_size: int | None = Field(None, ge=1)
-    grad_accum: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    eval_every: int | None = Field(None, ge=1)
-    eval_epochs: float | None = Field(None, gt=0)
-    max_grad_norm: float | None = Field(None, gt=0)
-    lr_groups: dict[str, float] | None = None  # parameter-name regex -> learning rate
-    schedule: Literal["linear", "step", "constant"] | None = None
-    step_epochs: float | None = Field(None, gt=0)
-    step_gamma: float | None = Field(None, gt=0, le=1)
-
-    def overrides(self) -> dict:
-        """The keys the spec sets (an explicit null, e.g. max_grad_norm: null, counts as set)."""
-        out = self.model_dump(exclude_unset=True)
-        if out.get("lr_groups") is not None:
-            out["lr_groups"] = tuple(out["lr_groups"].items())
-        return out
-
-
-class MethodSettings(Strict):
-    preset: Literal["all", "encoder"] = "all"
-    interval: int | None = Field(None, ge=1)
-    gmp_start: float = Field(0.1, ge=0, le=1)
-    gmp_end: float = Field(0.8, ge=0, le=1)
-    rigl_alpha: float = Field(0.3, ge=0, le=1)
-    rigl_end: float = Field(0.75, ge=0, le=1)
-    snip_batches: int = Field(8, ge=1)
 
 
 class GridSpec(Strict):
@@ -68,11 +33,14 @@ class GridSpec(Strict):
     data_dir: str | None = None
     tasks: list[TaskEntry] = Field(min_length=1)
     models: list[str] = Field(default_factory=lambda: ["minilm"], min_length=1)
-    methods: list[str] = Field(min_length=1)
+    # A method name, or {name: {setting: value}} for settings of that method alone.
+    methods: list[str | dict[str, dict[str, Any]]] = Field(min_length=1)
     sparsities: list[float] | Literal["grid"] = "grid"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    settings: MethodSettings = Field(default_factory=MethodSettings)
+    # Training settings (training.TrainConfig's fields); a key left out takes the task's default, then the loop's.
+    train: dict[str, Any] = Field(default_factory=dict)
+    # Method settings shared by the spec's methods: each method takes the keys its schema declares.
+    settings: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("sparsities")
     @classmethod
@@ -85,6 +53,47 @@ class GridSpec(Strict):
             if not 0 < s < 1:
                 raise ValueError(f"sparsity {s} is not in (0, 1)")
         return value
+
+    def method_entries(self) -> list[tuple[str, dict[str, Any]]]:
+        """(method name, its own settings) per entry of `methods`."""
+        out = []
+        for entry in self.methods:
+            if isinstance(entry, str):
+                out.append((entry, {}))
+            elif len(entry) == 1:
+                [(name, own)] = entry.items()
+                out.append((name, own or {}))
+            else:
+                raise SmcBenchError(f"methods: {entry}: give one method per entry, e.g. {{gmp: {{interval: 100}}}}")
+        names = [name for name, _ in out]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise SmcBenchError(f"methods: {repeated[0]} is listed twice")
+        return out
+
+    def method_settings(self, name: str, own: dict[str, Any]) -> Settings:
+        """The settings of one method: the shared `settings`, then its own."""
+        shared = method_settings(name, self.settings, "settings")
+        if not own:
+            return shared
+        return method_settings(name, {**shared.model_dump(), **own}, f"methods: {name}", strict=True)
+
+    def overrides(self) -> dict[str, Any]:
+        """The training settings the spec sets, checked against training.TrainConfig."""
+        return TrainConfig.validate_overrides(self.train, "train")
+
+    def check(self) -> None:
+        """Everything a schema alone cannot check, before any run starts: method names and settings, training
+        settings, task names and options."""
+        from smcbench.tasks import TaskSpec
+        from smcbench.tasks.registry import resolve_spec
+
+        for name, own in self.method_entries():
+            get_method(name)
+            self.method_settings(name, own)
+        self.overrides()
+        for entry in self.tasks:
+            resolve_spec(TaskSpec(entry.task, options=entry.options))
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -106,8 +115,10 @@ def load_spec(path_or_preset: str) -> GridSpec:
     if not isinstance(data, dict):
         raise SmcBenchError(f"{path}: a spec is a YAML mapping with tasks, methods, ...")
     try:
-        return GridSpec.model_validate(data)
+        spec = GridSpec.model_validate(data)
+        spec.check()
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SmcBenchError(f"{path}: {where}: {first['msg']}") from err
+        raise SmcBenchError(one_line(err, str(path))) from err
+    except SmcBenchError as err:
+        raise SmcBenchError(f"{path}: {err}") from err
+    return spec

@@ -15,6 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 from smcbench.errors import SmcBenchError
+from smcbench.metrics import Metric
 
 COLUMNS = {
     "run_id": "TEXT PRIMARY KEY",
@@ -23,7 +24,7 @@ COLUMNS = {
     "method": "TEXT NOT NULL",
     "target_sparsity": "REAL NOT NULL",
     "achieved_sparsity": "REAL NOT NULL",
-    "metric": "REAL",
+    "metric": "REAL",  # the value of the task's primary metric, named in metric_name
     "seed": "INTEGER NOT NULL",
     "wall_s": "REAL",
     "train_s": "REAL",
@@ -31,6 +32,7 @@ COLUMNS = {
     "finished_at": "TEXT",
     "dir": "TEXT",
     "record": "TEXT NOT NULL",  # the whole record as JSON: config, metrics, layers, notes
+    "metric_name": "TEXT",  # added in schema 2 (ALTER TABLE on older databases)
 }
 
 
@@ -44,22 +46,39 @@ class ResultStore:
             conn = sqlite3.connect(self.path, timeout=60)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(f'{k} {v}' for k, v in COLUMNS.items())})")
+            have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            for name in COLUMNS.keys() - have:  # a database written by an older version
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
         except sqlite3.DatabaseError as err:
             raise SmcBenchError(f"results database {str(self.path)!r} is not usable: {err}") from err
         return conn
 
+    @staticmethod
+    def _row(record: dict) -> dict:
+        row = {k: record.get(k) for k in COLUMNS if k not in ("metric", "metric_name", "record")}
+        metric = Metric.of(record)
+        row["metric"] = record.get("metrics", {}).get(metric.name)
+        row["metric_name"] = metric.name
+        row["record"] = json.dumps(record, sort_keys=True)
+        return row
+
     def append(self, record: dict) -> bool:
         """Add a finished run; False when a row with its run_id is already there (nothing changes)."""
-        row = {k: record.get(k) for k in COLUMNS if k not in ("metric", "record")}
-        metrics = record.get("metrics", {})
-        row["metric"] = metrics.get("accuracy", next(iter(metrics.values()), None)) if metrics else None
-        row["record"] = json.dumps(record, sort_keys=True)
+        row = self._row(record)
         with closing(self._connect()) as conn, conn:
             cur = conn.execute(
                 f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                 list(row.values()),
             )
             return cur.rowcount == 1
+
+    def replace(self, old_run_id: str | None, record: dict) -> None:
+        """Swap the row of `old_run_id` (if any) for `record`, in one transaction (a run renamed by migration)."""
+        row = self._row(record)
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM runs WHERE run_id = ?", (old_run_id,))
+            conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                         list(row.values()))
 
     def has(self, run_id: str) -> bool:
         with closing(self._connect()) as conn:

@@ -7,7 +7,15 @@ Modules: `selection` (which tensors), `scores` (importance), `allocation` (how m
 from smcbench.sparsity.allocation import ALLOCATIONS, erk_densities, lowest_k, target_count
 from smcbench.sparsity.report import format_table, layer_sparsity, overall_sparsity, weight_sparsity
 from smcbench.sparsity.schedules import PAPER_GRID, GradualSchedule, RigLSchedule, cubic_sparsity, imp_levels
-from smcbench.sparsity.scores import SCORES, Score, accumulate_gradients, make_score, register_score
+from smcbench.sparsity.scores import (
+    SCORES,
+    Score,
+    ScoreContext,
+    accumulate_gradients,
+    build_score,
+    make_score,
+    register_score,
+)
 from smcbench.sparsity.selection import select_prunable
 from smcbench.sparsity.sparsifier import Sparsifier, read_masks
 
@@ -18,8 +26,10 @@ __all__ = [
     "GradualSchedule",
     "RigLSchedule",
     "Score",
+    "ScoreContext",
     "Sparsifier",
     "accumulate_gradients",
+    "build_score",
     "cubic_sparsity",
     "erk_densities",
     "format_table",

@@ -1,9 +1,11 @@
-"""Layerwise and overall sparsity: a table for people, records for plots and JSON."""
+"""Layerwise and overall sparsity: a table for people, records for plots and JSON; per-layer weight change."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -62,3 +64,14 @@ def format_table(rows: list[LayerSparsity], title: str = "") -> str:
     if collapsed:
         lines.append(f"{collapsed} tensor(s) fully pruned (layer collapse)")
     return "\n".join(lines)
+
+
+def relative_change(after: dict[str, Tensor], before: dict[str, Tensor], names: Iterable[str]) -> dict[str, float]:
+    """‖θ_after − θ_before‖ / ‖θ_before‖ per tensor: small values everywhere are the lazy regime."""
+    out = {}
+    for n in names:
+        if n in after and n in before:
+            b = before[n].detach().float()
+            norm = float(torch.linalg.vector_norm(b))
+            out[n] = float(torch.linalg.vector_norm(after[n].detach().float() - b)) / norm if norm else 0.0
+    return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -45,12 +46,41 @@ def make_score(name: str, **kwargs: Any) -> Score:
         raise SmcBenchError(f"score {name!r}: {err}") from err
 
 
+@dataclass
+class ScoreContext:
+    """What a score may need to be built for one pruning step, in tensor terms: the parameters it scores, a seed,
+    and, for data-dependent scores, a loss over batches (called only by the scores that need it)."""
+
+    params: dict[str, nn.Parameter]
+    seed: int = 0
+    loss: Callable[[Any], Tensor] | None = None
+    batches: Callable[[], Iterable[Any]] | None = None
+    num_batches: int = DEFAULT_SNIP_BATCHES
+
+    def gradients(self) -> dict[str, Tensor]:
+        if self.loss is None or self.batches is None:
+            raise SmcBenchError("this score needs gradients: give the pruning step a loss and training batches")
+        return accumulate_gradients(self.params, self.loss, self.batches(), self.num_batches)
+
+
 class Score(ABC):
     name = "score"
+
+    @classmethod
+    def from_context(cls, context: ScoreContext) -> Self:
+        """The score for one pruning step (data-free scores need nothing; others take what they need)."""
+        return cls()
 
     @abstractmethod
     def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
         """float32 scores of `weight.reshape(-1)[index]` for the tensor called `name`."""
+
+
+def build_score(name: str, context: ScoreContext) -> Score:
+    """A registered score, built for one pruning step from what `context` offers."""
+    if name not in SCORES:
+        raise SmcBenchError(f"unknown score {name!r}: choose one of {', '.join(sorted(SCORES))}")
+    return SCORES[name].from_context(context)
 
 
 def _flat(t: Tensor, index: Index) -> Tensor:
@@ -96,6 +126,10 @@ class RandomScore(Score):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
+    @classmethod
+    def from_context(cls, context: ScoreContext) -> RandomScore:
+        return cls(seed=context.seed)
+
     def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
         return uniform_hash(_positions(index, weight.device), _salt(self.seed, name))
 
@@ -105,6 +139,10 @@ class _GradientBased(Score):
 
     def __init__(self, grads: dict[str, Tensor]) -> None:
         self.grads = grads
+
+    @classmethod
+    def from_context(cls, context: ScoreContext) -> Self:
+        return cls(grads=context.gradients())
 
     def _grad(self, name: str, index: Index) -> Tensor:
         if name not in self.grads:
@@ -165,6 +203,11 @@ class MovementScore(Score):
         self.totals: dict[str, Tensor] = {}
         if params is not None:
             self.totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+
+    @classmethod
+    def from_context(cls, context: ScoreContext) -> MovementScore:
+        raise SmcBenchError("movement scores are collected during training (MovementScore.update after each "
+                            "backward); they cannot be built for a one-shot pruning step")
 
     def update(self, params: dict[str, nn.Parameter]) -> None:
         """Add this step's -w ⊙ g; call after backward, before the optimizer step."""

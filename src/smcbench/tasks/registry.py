@@ -4,47 +4,68 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.metrics import Metric
+from smcbench.settings import Settings
 
-FAMILIES = ("commonsense", "arithmetic")
 _TASKS: dict[str, Callable[[TaskSpec], TaskRun]] = {}
 _INFO: dict[str, TaskInfo] = {}
+
+
+class NoOptions(Settings):
+    """A task without options of its own."""
 
 
 @dataclass(frozen=True)
 class TaskInfo:
     default_model: str = "minilm"
     folds: int = 0  # cross-validation folds (0: a fixed train/evaluation split)
+    options: type[Settings] = NoOptions  # the task's own options (e.g. WinoGrande's training size)
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything that fixes a task's data and model: part of every run's identity."""
+class DataSettings(Settings):
+    """How much of a task's data a run uses: the fields every task has (the grid's task entries and the CLI take
+    them). A task's own options go in `options`, validated by the schema it registers."""
+
+    train_size: int | None = Field(None, ge=1, description="Use the first N training examples (after the "
+                                   "validation split is set aside).")
+    val_size: int = Field(200, ge=1, description="Validation examples carved from the end of the training data, "
+                          "for model selection.")
+    eval_size: int | None = Field(None, ge=1, description="Use the first N evaluation examples.")
+    max_length: int = Field(128, ge=8, description="Tokens per input (per choice for multiple choice).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The task's own options, KEY=VALUE "
+                                    "(e.g. WinoGrande's train_variant=m).")
+
+
+class TaskSpec(DataSettings):
+    """Everything that fixes a task's data and model: part of every run's identity (but the data folder)."""
 
     task: str
-    model: str = "minilm"
+    model: str | None = None  # None: the task's default model
     data_dir: str | None = None
-    train_size: int | None = None  # first N training examples (after the validation split is set aside)
-    val_size: int = 200  # validation examples carved from the end of the training data, for model selection
-    eval_size: int | None = None  # first N evaluation examples
-    max_length: int = 128
-    train_variant: str | None = None  # e.g. WinoGrande's xs, s, m, l
     seed: int = 0
     fold: int | None = None  # cross-validation fold (MAWPS, ASDiv-A: 0..4); None where a task has no folds
 
+    def __init__(self, task: str, model: str | None = None, data_dir: str | None = None, **values: Any) -> None:
+        super().__init__(task=task, model=model, data_dir=data_dir, **values)
+
     def identity(self) -> dict:
-        """The fields that change results (the data folder's location does not)."""
-        out = asdict(self)
-        out.pop("data_dir")
+        """The fields that change results and differ from their defaults (the data folder's location does not)."""
+        out = super().identity()
+        out.pop("data_dir", None)
+        out["task"] = self.task  # always named, even if it were ever given a default
         return out
 
 
@@ -64,12 +85,12 @@ class TaskRun(ABC):
     """One task with one model and data configuration: what the sparse methods need."""
 
     name: str
-    metric: str = "accuracy"
-    chance: float = 0.0
+    metric: Metric = Metric("accuracy")  # a task with a chance level or another metric sets its own
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.data_dir = Path(spec.data_dir) if spec.data_dir else default_data_dir()
+        self.options = task_info(spec.task).options(**spec.options)
 
     @abstractmethod
     def initial_model(self) -> nn.Module:
@@ -84,11 +105,12 @@ class TaskRun(ABC):
 
     @abstractmethod
     def validate(self, model: nn.Module) -> float:
-        """The model-selection metric on the validation split (carved from the training data)."""
+        """The primary metric on the validation split (carved from the training data), for model selection."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Metrics on the evaluation split; includes `self.metric`."""
+        """Metrics on the evaluation split: the primary metric (`self.metric.name`), the secondary ones, and
+        `eval_examples`."""
 
     def split_training(self, rows: list) -> tuple[list, list]:
         """(training pool, validation): validation is carved from the end of the training data (model selection
@@ -107,8 +129,9 @@ class TaskRun(ABC):
         """Training settings this task uses unless the user sets them (TrainConfig field -> value)."""
         return {}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The training loss, or the model's output holding it as `.loss` (training callbacks may read it)."""
+        return model(**batch)
 
     def score_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Training batches in a seeded order, for data-dependent pruning scores (SNIP)."""
@@ -118,19 +141,34 @@ class TaskRun(ABC):
             yield self.collate([examples[i] for i in order[a:a + batch_size]])
 
 
-def register_task(name: str, default_model: str = "minilm",
-                  folds: int = 0) -> Callable[[Callable[[TaskSpec], TaskRun]], Callable[[TaskSpec], TaskRun]]:
+def register_task(name: str, default_model: str = "minilm", folds: int = 0,
+                  options: type[Settings] = NoOptions) -> Callable[[Callable[[TaskSpec], TaskRun]],
+                                                               Callable[[TaskSpec], TaskRun]]:
+    """Register a task factory under `family/dataset`; `options` is the schema of the task's own options."""
+
     def add(factory: Callable[[TaskSpec], TaskRun]) -> Callable[[TaskSpec], TaskRun]:
         _TASKS[name] = factory
-        _INFO[name] = TaskInfo(default_model, folds)
+        _INFO[name] = TaskInfo(default_model, folds, options)
         return factory
 
     return add
 
 
+_loaded = False
+
+
 def _load_families() -> None:
-    for family in FAMILIES:
-        importlib.import_module(f"smcbench.tasks.{family}")
+    """Import every family: each sub-package of smcbench.tasks, and any package registered under the
+    `smcbench.tasks` entry-point group (a family that lives outside this repository)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.ispkg:
+            importlib.import_module(f"smcbench.tasks.{module.name}")
+    for entry in entry_points(group="smcbench.tasks"):
+        entry.load()
 
 
 def known_tasks() -> list[str]:
@@ -146,8 +184,8 @@ def task_info(name: str) -> TaskInfo:
 
 
 def resolve_spec(spec: TaskSpec) -> TaskSpec:
-    """Fill what the user left open with the task's defaults (model; fold 0 of a cross-validated task), so equal
-    runs get equal identities. A fold on a task without folds is an error."""
+    """Fill what the user left open with the task's defaults (model; fold 0 of a cross-validated task) and check
+    the task's options, so equal runs get equal identities. A fold on a task without folds is an error."""
     info = task_info(spec.task)
     changes: dict[str, Any] = {}
     if not spec.model:
@@ -159,7 +197,10 @@ def resolve_spec(spec: TaskSpec) -> TaskSpec:
         raise SmcBenchError(f"{spec.task}: fold {spec.fold} does not exist: {where}")
     if not info.folds and spec.fold is not None:
         raise SmcBenchError(f"{spec.task}: it has no folds; leave the fold unset")
-    return replace(spec, **changes) if changes else spec
+    options = info.options.build(f"{spec.task} options", **spec.options).identity()  # defaults left out
+    if options != spec.options:
+        changes["options"] = options
+    return spec.model_copy(update=changes) if changes else spec
 
 
 def get_task(spec: TaskSpec) -> TaskRun:

@@ -1,19 +1,19 @@
-"""Sparsity as training callbacks: the loop calls them at fixed points and never branches on a method.
+"""Callbacks: how methods enter the training loop. The loop calls every hook at fixed points, in the order the
+callbacks declare (`order`, lower first; ties keep list order), and never branches on a method.
 
-Order inside one optimizer update: backward (all micro-batches) → `on_after_backward` (RigL reads the dense
-gradients here, then the mask enforcer zeroes the pruned ones) → optimizer step → `on_step_end` (GMP prunes here,
-after update `state.step`). Steps count optimizer updates, so gradient accumulation never stretches a schedule.
+One optimizer update: for each micro-batch, forward → `loss` (add terms) → backward; then `on_after_backward`
+(gradients of the whole update are complete) → clipping → `lr_factor` (each callback may rescale the schedule's
+factor) → optimizer step → `on_step_end`. Validation is wrapped in `on_evaluate_begin` / `on_evaluate_end`.
+Steps count optimizer updates, so gradient accumulation never stretches a schedule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
-from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
-from smcbench.sparsity.scores import Score
+from torch import Tensor, nn
 
 
 @dataclass
@@ -22,14 +22,37 @@ class LoopState:
     optimizer: Any
     step: int  # optimizer updates done
     total_steps: int
+    # The schedule's factor at any update (for callbacks that restart it, e.g. learning-rate rewinding).
+    schedule: Callable[[int], float] = field(default=lambda step: 1.0)
 
 
 class Callback:
+    order: int = 0
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Extra trainable parameters this callback owns (gates, log-variances, ...), as optimizer parameter
+        groups ({"params": [...], "lr": ..., "weight_decay": ...}); asked once, before the optimizer is built.
+        Their values belong in `state_dict` so that a resumed run gets them back."""
+        return []
+
     def on_train_begin(self, state: LoopState) -> None: ...
+
+    def loss(self, state: LoopState, batch: dict[str, Tensor], outputs: Any, loss: Tensor) -> Tensor:
+        """The micro-batch's loss with this callback's terms added (a regulariser, a distillation term).
+        `outputs` is what the task's loss function returned (a model output with `.loss`, or the loss)."""
+        return loss
 
     def on_after_backward(self, state: LoopState) -> None: ...
 
+    def lr_factor(self, state: LoopState, factor: float) -> float:
+        """The learning-rate factor for update `state.step` (the schedule's, as changed by earlier callbacks)."""
+        return factor
+
     def on_step_end(self, state: LoopState) -> None: ...
+
+    def on_evaluate_begin(self, state: LoopState) -> None: ...
+
+    def on_evaluate_end(self, state: LoopState) -> None: ...
 
     def selectable(self, state: LoopState) -> bool:
         """May a checkpoint taken now be selected as the final model? (GMP: not before reaching its target.)"""
@@ -41,68 +64,5 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class MaskEnforcer(Callback):
-    """Keeps the masks exact: zero gradients before each step, re-mask after it when the optimizer needs it."""
-
-    def __init__(self, sparsifier: Sparsifier) -> None:
-        self.sparsifier = sparsifier
-
-    def on_train_begin(self, state: LoopState) -> None:
-        if state.optimizer not in self.sparsifier.optimizers:
-            self.sparsifier.attach_optimizer(state.optimizer)
-        self.sparsifier.apply()
-
-    def on_after_backward(self, state: LoopState) -> None:
-        self.sparsifier.mask_gradients()
-
-    def on_step_end(self, state: LoopState) -> None:
-        self.sparsifier.after_step()
-
-    def state_dict(self) -> dict:
-        return {"masks": {n: m.clone() for n, m in self.sparsifier.masks.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "masks" in state:
-            self.sparsifier.set_masks(state["masks"])
-
-
-class GradualPruning(Callback):
-    """GMP (Zhu & Gupta): prune to the cubic schedule's target after the updates it names."""
-
-    def __init__(self, sparsifier: Sparsifier, schedule: GradualSchedule, score: str | Score = "magnitude",
-                 allocation: str = "global") -> None:
-        self.sparsifier = sparsifier
-        self.schedule = schedule
-        self.score = score
-        self.allocation = allocation
-
-    def on_step_end(self, state: LoopState) -> None:
-        target = self.schedule.target(state.step)
-        if target is not None and target > 0:
-            self.sparsifier.prune(target, self.score, self.allocation)
-
-    def selectable(self, state: LoopState) -> bool:
-        return state.step >= self.schedule.end
-
-
-class RigLUpdates(Callback):
-    """RigL: every `interval` updates until `end`, drop and regrow a cosine-decaying fraction per layer.
-    Must come before the MaskEnforcer in the callback list: it needs the dense gradients."""
-
-    def __init__(self, sparsifier: Sparsifier, schedule: RigLSchedule) -> None:
-        self.sparsifier = sparsifier
-        self.schedule = schedule
-        self.updates = 0
-
-    def on_after_backward(self, state: LoopState) -> None:
-        # This backward feeds update number state.step + 1.
-        fraction = self.schedule.drop_fraction(state.step + 1)
-        if fraction:
-            self.sparsifier.rigl_step(fraction)
-            self.updates += 1
-
-    def state_dict(self) -> dict:
-        return {"rigl_updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state.get("rigl_updates", 0))
+def in_order(callbacks: list[Callback] | tuple[Callback, ...]) -> list[Callback]:
+    return sorted(callbacks, key=lambda cb: cb.order)

@@ -6,17 +6,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
+from smcbench.settings import Settings
 from smcbench.tasks.commonsense.data import MCExample, read_csqa, read_race, read_winogrande
 from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
+from smcbench.training import batched_outputs
 
 Features = dict[str, list[list[int]] | int]
-EVAL_BATCH = 32
 
 
 class MultipleChoiceRun(TaskRun):
@@ -26,7 +30,7 @@ class MultipleChoiceRun(TaskRun):
         self.name = name
         self.read = read
         self.eval_split = eval_split
-        self.chance = 1.0 / num_choices
+        self.metric = Metric("accuracy", chance=1.0 / num_choices)
         self.truncation = truncation
 
     @cached_property
@@ -85,26 +89,25 @@ class MultipleChoiceRun(TaskRun):
         torch.manual_seed(self.spec.seed)  # the head's initial weights are part of θ0
         return load_pretrained(self.spec.model, "AutoModelForMultipleChoice")
 
-    @torch.no_grad()
     def _accuracy(self, model: nn.Module, features: list[Features]) -> float:
-        was_training = model.training
-        model.eval()
-        order = sorted(range(len(features)), key=lambda i: max(len(x) for x in features[i]["input_ids"]))
-        correct = 0
-        device = next(model.parameters()).device
-        for a in range(0, len(order), EVAL_BATCH):
-            batch = self.collate([features[i] for i in order[a:a + EVAL_BATCH]])
-            labels = batch.pop("labels").to(device)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            correct += int((logits.argmax(-1) == labels).sum())
-        model.train(was_training)
-        return correct / len(features)
+        def correct(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            labels = batch.pop("labels")
+            return m(**batch).logits.argmax(-1) == labels
+
+        hits = batched_outputs(model, features, self.collate, correct,
+                               length=lambda f: max(len(x) for x in f["input_ids"]))
+        return sum(int(h) for h in hits) / len(features)
 
     def validate(self, model: nn.Module) -> float:
         return self._accuracy(model, self._splits[1])
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return {"accuracy": self._accuracy(model, self._eval), "chance": self.chance, "eval_examples": len(self._eval)}
+        return {"accuracy": self._accuracy(model, self._eval), "eval_examples": len(self._eval)}
+
+
+class WinoGrandeOptions(Settings):
+    train_variant: Literal["xs", "s", "m", "l", "xl"] = Field(
+        "l", description="WinoGrande's training set size (the paper: the largest it reports, l).")
 
 
 @register_task("commonsense/csqa")
@@ -113,9 +116,9 @@ def csqa(spec: TaskSpec) -> TaskRun:
     return MultipleChoiceRun(spec, "commonsense/csqa", read_csqa, "dev", 5)
 
 
-@register_task("commonsense/winogrande")
+@register_task("commonsense/winogrande", options=WinoGrandeOptions)
 def winogrande(spec: TaskSpec) -> TaskRun:
-    size = spec.train_variant or "l"
+    size = WinoGrandeOptions(**spec.options).train_variant
     return MultipleChoiceRun(spec, "commonsense/winogrande",
                              lambda root, split: read_winogrande(root, split, size), "dev", 2)
 

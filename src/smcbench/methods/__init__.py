@@ -1,0 +1,21 @@
+"""Methods: objects registered by name (`register_method`), each declaring what the runner needs and the schema of
+its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity callbacks for the training loop."""
+
+from smcbench.methods import paper  # noqa: F401  (registers the paper's methods)
+from smcbench.methods.base import (
+    DENSE,
+    METHODS,
+    Experiment,
+    Method,
+    NoSettings,
+    Outcome,
+    SelectionSettings,
+    get_method,
+    is_sparse,
+    method_settings,
+    register_method,
+)
+from smcbench.methods.callbacks import GradualPruning, MaskEnforcer, RigLUpdates
+
+__all__ = ["DENSE", "METHODS", "Experiment", "GradualPruning", "MaskEnforcer", "Method", "NoSettings", "Outcome",
+           "RigLUpdates", "SelectionSettings", "get_method", "is_sparse", "method_settings", "register_method"]

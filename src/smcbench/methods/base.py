@@ -1,0 +1,153 @@
+"""What a method is, for the runner, the grid and the report: an object registered by name that declares what it
+needs (the dense fine-tune? a chain of levels?), how requested levels map to the ones it reaches, the schema of its
+own settings, and how it runs. Nothing outside a method tests its name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import Field
+from torch import nn
+
+from smcbench.errors import SmcBenchError
+from smcbench.settings import Settings
+from smcbench.sparsity import ScoreContext, Sparsifier
+from smcbench.training import Callback
+
+DENSE = "dense"  # the name of the dense fine-tune, the reference every sparse method is compared with
+
+
+class NoSettings(Settings):
+    """A method without settings of its own."""
+
+
+class SelectionSettings(Settings):
+    """Which tensors a sparse method prunes (smcbench.sparsity.selection)."""
+
+    preset: Literal["all", "encoder"] = Field(
+        "all", description="Pruned tensors: all (the paper's main setting) or encoder (embeddings and heads dense, "
+        "Appendix C).")
+    include: tuple[str, ...] = Field((), description="Regexes: prune only the preset's tensors whose names match "
+                                     "one (repeatable), e.g. a module ablation.")
+    exclude: tuple[str, ...] = Field((), description="Regexes: keep the matching tensors dense (repeatable).")
+
+    def sparsifier(self, model: nn.Module) -> Sparsifier:
+        return Sparsifier(model, self.preset, self.include, self.exclude)
+
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
+        """What a pruning score may draw on; settings of particular scores add theirs (seed, batches)."""
+        return ScoreContext(params, loss=loss, batches=batches)
+
+
+@dataclass
+class Outcome:
+    """A trained model of one method at one sparsity."""
+
+    sparsity: float
+    model: nn.Module
+    sparsifier: Sparsifier | None
+    train: Any  # training.TrainResult
+    notes: dict = field(default_factory=dict)
+
+
+class Experiment(Protocol):
+    """What methods need: θ0, a fine-tune with callbacks, the shared dense model, batches for data-dependent
+    scores. The runner implements it (caching the dense fine-tune); tests can implement it with tiny models."""
+
+    settings: Any  # the running method's settings (an instance of its `settings` schema)
+    total_steps: int
+    batch_size: int
+
+    def initial_model(self) -> nn.Module:
+        """θ0: pretrained weights and the head's seeded initial weights, identical at every call."""
+
+    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str) -> Any:
+        """Train `model` in place with the full schedule; returns the loop's TrainResult."""
+
+    def dense_model(self) -> nn.Module:
+        """A fresh copy of the dense fine-tune (trained once per experiment configuration)."""
+
+    def loss(self, model: nn.Module, batch: dict) -> Any:
+        """The training loss of `model` on `batch` (a tensor)."""
+
+    def score_batches(self) -> Iterable[dict]: ...
+
+    def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
+        """The trained model and masks of a run finished earlier, if any (lets a rerun chain resume)."""
+
+
+class Method(ABC):
+    """A sparse training or pruning method. Subclass, set the class attributes, write `run`, register."""
+
+    name: ClassVar[str]
+    settings: ClassVar[type[Settings]] = NoSettings
+    sparse: ClassVar[bool] = True  # False: the dense reference itself
+    needs_dense: ClassVar[bool] = False  # starts from the dense fine-tune, which the runner trains once and shares
+    chained: ClassVar[bool] = False  # one run reaches its levels in a chain, each from the one before (LTH)
+    summary: ClassVar[str] = ""
+
+    def levels(self, requested: list[float]) -> list[float]:
+        """The levels the method reaches for the requested ones (an error when one is out of reach)."""
+        return list(requested)
+
+    def chain(self, level: float) -> list[float]:
+        """A chained method: every level it trains on the way to `level`, in order, `level` last."""
+        return [level]
+
+    @abstractmethod
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        """Train and yield one outcome per level (a chained method: one per level of its chain)."""
+
+
+METHODS: dict[str, Method] = {}
+M = TypeVar("M", bound=type[Method])
+
+
+def register_method(cls: M) -> M:
+    """Class decorator: make the method available by its name to `smc-bench run`, grid specs and the report."""
+    if getattr(cls, "name", None) in (None, ""):
+        raise TypeError(f"{cls.__name__} needs a name")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise SmcBenchError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def is_sparse(name: str, target_sparsity: float = 1.0) -> bool:
+    """Whether the runs of method `name` are sparse (compared with the dense reference). A method no longer
+    registered is judged by its target sparsity."""
+    return METHODS[name].sparse if name in METHODS else target_sparsity > 0
+
+
+def known_settings() -> set[str]:
+    return {k for m in METHODS.values() for k in m.settings.user_fields()}
+
+
+def method_settings(name: str, values: Mapping[str, Any] | Settings, where: str, strict: bool = False) -> Settings:
+    """Method `name`'s settings from a flat mapping. The mapping may be shared by several methods (a grid spec's
+    `settings:`): each method takes the keys it declares; a key that no method declares is an error. `strict`: a
+    key this method does not declare is an error too (one method on the command line)."""
+    method = get_method(name)
+    schema = method.settings
+    if isinstance(values, schema):
+        return values
+    if isinstance(values, Settings):
+        values = values.model_dump(exclude_defaults=True)
+    own = schema.user_fields()
+    unknown = sorted(k for k in values if k not in known_settings())
+    if unknown:
+        raise SmcBenchError(f"{where}: unknown setting(s) {unknown}: the methods' settings are "
+                            f"{', '.join(sorted(known_settings()))}")
+    foreign = sorted(k for k in values if k not in own)
+    if strict and foreign:
+        raise SmcBenchError(f"{where}: method {name} has no setting(s) {foreign}; its settings: "
+                            f"{', '.join(own) or 'none'}")
+    return schema.build(f"{where}: {name}", **{k: v for k, v in values.items() if k in own})

@@ -1,0 +1,86 @@
+"""Sparsity in the training loop: masks kept exact, GMP's schedule, RigL's updates. Each is a loop callback; their
+relative order is declared (`order`): RigL reads the dense gradients before the mask enforcer zeroes the pruned
+ones, and GMP prunes before the enforcer re-masks after a step."""
+
+from __future__ import annotations
+
+from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
+from smcbench.sparsity.scores import Score
+from smcbench.training import Callback, LoopState
+
+# Declared order: lower first at every hook.
+ORDER_MASK_UPDATES = 0  # GMP, RigL: change masks (RigL reads the dense gradients)
+ORDER_MASK_ENFORCER = 100  # last: zero pruned gradients, re-mask after the step
+
+
+class MaskEnforcer(Callback):
+    """Keeps the masks exact: zero gradients before each step, re-mask after it when the optimizer needs it."""
+
+    order = ORDER_MASK_ENFORCER
+
+    def __init__(self, sparsifier: Sparsifier) -> None:
+        self.sparsifier = sparsifier
+
+    def on_train_begin(self, state: LoopState) -> None:
+        if state.optimizer not in self.sparsifier.optimizers:
+            self.sparsifier.attach_optimizer(state.optimizer)
+        self.sparsifier.apply()
+
+    def on_after_backward(self, state: LoopState) -> None:
+        self.sparsifier.mask_gradients()
+
+    def on_step_end(self, state: LoopState) -> None:
+        self.sparsifier.after_step()
+
+    def state_dict(self) -> dict:
+        return {"masks": {n: m.clone() for n, m in self.sparsifier.masks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "masks" in state:
+            self.sparsifier.set_masks(state["masks"])
+
+
+class GradualPruning(Callback):
+    """GMP (Zhu & Gupta): prune to the cubic schedule's target after the updates it names."""
+
+    order = ORDER_MASK_UPDATES
+
+    def __init__(self, sparsifier: Sparsifier, schedule: GradualSchedule, score: str | Score = "magnitude",
+                 allocation: str = "global") -> None:
+        self.sparsifier = sparsifier
+        self.schedule = schedule
+        self.score = score
+        self.allocation = allocation
+
+    def on_step_end(self, state: LoopState) -> None:
+        target = self.schedule.target(state.step)
+        if target is not None and target > 0:
+            self.sparsifier.prune(target, self.score, self.allocation)
+
+    def selectable(self, state: LoopState) -> bool:
+        return state.step >= self.schedule.end
+
+
+class RigLUpdates(Callback):
+    """RigL: every `interval` updates until `end`, drop and regrow a cosine-decaying fraction per layer. It needs
+    the dense gradients, so it runs before the MaskEnforcer (declared by `order`)."""
+
+    order = ORDER_MASK_UPDATES
+
+    def __init__(self, sparsifier: Sparsifier, schedule: RigLSchedule) -> None:
+        self.sparsifier = sparsifier
+        self.schedule = schedule
+        self.updates = 0
+
+    def on_after_backward(self, state: LoopState) -> None:
+        # This backward feeds update number state.step + 1.
+        fraction = self.schedule.drop_fraction(state.step + 1)
+        if fraction:
+            self.sparsifier.rigl_step(fraction)
+            self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"rigl_updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state.get("rigl_updates", 0))

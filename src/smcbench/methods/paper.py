@@ -1,0 +1,287 @@
+"""The SMC-Bench methods, each a few lines on the engine and the training loop.
+
+"After" methods start from the one dense fine-tune of their (task, model, seed, training config), which the
+`Experiment` trains once and caches; LTH yields one model per IMP round. Semantics follow the paper (see
+../shared/reference/protocol.md in the development tree):
+
+| name          | mask from                                  | then                                           |
+|---------------|--------------------------------------------|------------------------------------------------|
+| dense         | -                                          | fine-tune                                      |
+| lth           | IMP: 20 % of the remaining per round,      | rewind to θ0, full schedule, repeat            |
+|               | global magnitude on the trained weights    |                                                |
+| omp_after     | global magnitude on the dense fine-tune    | retrain from those weights, full schedule      |
+| random_after  | random, uniform per layer, same model      | retrain, full schedule                         |
+| gmp           | cubic schedule 10 % → 80 % of training     | during the fine-tune from θ0                   |
+| omp_before    | global magnitude on θ0                     | fine-tune                                      |
+| random_before | random, uniform per layer, on θ0           | fine-tune                                      |
+| snip          | global |g·w| on θ0, g summed over batches  | fine-tune                                      |
+| *_rigl        | that Before mask                           | fine-tune with RigL updates at the GMP interval |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from pydantic import Field
+from torch import nn
+
+from smcbench.methods.base import DENSE, Experiment, Method, Outcome, SelectionSettings, register_method
+from smcbench.methods.callbacks import GradualPruning, MaskEnforcer, RigLUpdates
+from smcbench.settings import Settings
+from smcbench.sparsity import GradualSchedule, RigLSchedule, ScoreContext, Sparsifier, build_score
+from smcbench.sparsity.schedules import IMP_RATE, imp_levels, imp_round
+from smcbench.sparsity.scores import DEFAULT_SNIP_BATCHES
+from smcbench.training import Callback
+
+# --- settings: each method's schema is the union of the pieces that matter to it --------------------------------
+
+
+class RandomSettings(SelectionSettings):
+    random_seed: int = Field(0, description="Seed of random pruning scores.")
+
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
+        return replace(super().score_context(params, loss, batches), seed=self.random_seed)
+
+
+class SnipSettings(SelectionSettings):
+    snip_batches: int = Field(DEFAULT_SNIP_BATCHES, ge=1, description="SNIP: training batches whose gradients "
+                              "are summed for the scores.")
+
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
+        return replace(super().score_context(params, loss, batches), num_batches=self.snip_batches)
+
+
+class IntervalSettings(Settings):
+    interval: int | None = Field(None, ge=1, description="GMP pruning / RigL update interval in updates "
+                                 "(default: 1/20 of training).")
+
+    def interval_for(self, total_steps: int) -> int:
+        """The paper prunes every 500 of CSQA's 3,000 updates (six times over the 10-80 % window, 1/6 of the
+        run); short runs scale it: total/20 keeps ~14 pruning steps in the window, at least 1 update apart."""
+        return self.interval or max(1, total_steps // 20)
+
+
+class GMPSettings(SelectionSettings, IntervalSettings):
+    gmp_start: float = Field(0.1, ge=0, le=1, description="GMP: fraction of training where pruning starts.")
+    gmp_end: float = Field(0.8, ge=0, le=1, description="GMP: fraction of training where the target is reached.")
+
+
+class RigLSettings(SelectionSettings, IntervalSettings):
+    rigl_alpha: float = Field(0.3, ge=0, le=1, description="RigL: initial drop fraction (cosine decay).")
+    rigl_end: float = Field(0.75, ge=0, le=1, description="RigL: fraction of training after which masks stay.")
+
+
+class RandomRigLSettings(RandomSettings, RigLSettings):
+    pass
+
+
+class SnipRigLSettings(SnipSettings, RigLSettings):
+    pass
+
+
+# --- criteria: a registered score and how it is allocated ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Criterion:
+    score: str  # a name in the score registry
+    allocation: str  # global, uniform, erk, N:M
+    label: str
+
+
+MAGNITUDE = Criterion("magnitude", "global", "magnitude")
+# The public code's Random: every layer at the same sparsity, weights chosen at random.
+RANDOM = Criterion("random", "uniform", "random")
+SNIP = Criterion("snip", "global", "snip")
+
+
+def prune(exp: Experiment, model: nn.Module, sparsity: float, criterion: Criterion) -> Sparsifier:
+    sp = exp.settings.sparsifier(model)
+    context = exp.settings.score_context(sp.params, lambda batch: exp.loss(model, batch), exp.score_batches)
+    sp.prune(sparsity, build_score(criterion.score, context), criterion.allocation)
+    return sp
+
+
+def retrain(exp: Experiment, model: nn.Module, sp: Sparsifier, sparsity: float, tag: str,
+            extra: list[Callback] = ()) -> Outcome:
+    result = exp.fine_tune(model, [*extra, MaskEnforcer(sp)], tag)
+    return Outcome(sparsity, model, sp, result)
+
+
+# --- the methods ------------------------------------------------------------------------------------------------
+
+
+@register_method
+class Dense(Method):
+    name = DENSE
+    sparse = False
+    summary = "fine-tune from θ0 (pretrained weights + a seeded head)"
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        model = exp.initial_model()
+        yield Outcome(0.0, model, None, exp.fine_tune(model, [], "dense"))
+
+
+class OneShotAfter(Method):
+    """Prune the dense fine-tune once, retrain with the full schedule."""
+
+    needs_dense = True
+    criterion: ClassVar[Criterion]
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        for s in sparsities:
+            model = exp.dense_model()  # a fresh copy of the one cached dense fine-tune
+            sp = prune(exp, model, s, self.criterion)
+            yield retrain(exp, model, sp, s, f"{self.criterion.label}_after@{s:.3f}")
+
+
+@register_method
+class OMPAfter(OneShotAfter):
+    name = "omp_after"
+    settings = SelectionSettings
+    criterion = MAGNITUDE
+    summary = "global magnitude on the dense fine-tune, retrain from those weights"
+
+
+@register_method
+class RandomAfter(OneShotAfter):
+    name = "random_after"
+    settings = RandomSettings
+    criterion = RANDOM
+    summary = "random, uniform per layer, on the dense fine-tune, retrain"
+
+
+@register_method
+class LTH(Method):
+    """IMP with rewinding to θ0: round k reaches 1 − 0.8^k; every requested level must be an IMP level. Every
+    round up to the highest requested one is trained (each needs the previous); all are reported."""
+
+    name = "lth"
+    settings = SelectionSettings
+    needs_dense = True
+    chained = True
+    summary = "IMP, 20 % of the remaining weights per round, rewind to θ0"
+
+    def levels(self, requested: list[float]) -> list[float]:
+        # 0.738 asks for round 6, whose level is 0.737856; out-of-reach levels fail before any training.
+        return [imp_levels(imp_round(s))[-1] for s in requested]
+
+    def chain(self, level: float) -> list[float]:
+        return imp_levels(imp_round(level))
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        rounds = max(imp_round(s, IMP_RATE) for s in sparsities)
+        trained: nn.Module | None = None
+        masks = None
+        for k, level in enumerate(imp_levels(rounds), 1):
+            done = exp.finished(self.name, level)
+            if done is not None:  # this round was trained by an earlier, interrupted run
+                trained, masks = done
+                continue
+            trained = trained if trained is not None else exp.dense_model()
+            sp = exp.settings.sparsifier(trained)
+            if masks is not None:
+                sp.set_masks(masks)
+            sp.prune(level, "magnitude", "global")  # 20 % of the remaining: pruned weights are already zero
+            masks = {n: m.clone() for n, m in sp.masks.items()}
+            model = exp.initial_model()  # rewind: pretrained weights and the head's initial weights
+            rewound = exp.settings.sparsifier(model)
+            rewound.set_masks(masks)
+            out = retrain(exp, model, rewound, level, f"lth round {k}")
+            out.notes["round"] = k
+            yield out
+            trained = model
+
+
+@register_method
+class GMP(Method):
+    name = "gmp"
+    settings = GMPSettings
+    summary = "cubic schedule from 10 % to 80 % of training, global magnitude"
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        st = exp.settings
+        for s in sparsities:
+            model = exp.initial_model()
+            sp = st.sparsifier(model)
+            schedule = GradualSchedule.over_training(s, exp.total_steps, st.interval_for(exp.total_steps),
+                                                     st.gmp_start, st.gmp_end)
+            out = retrain(exp, model, sp, s, f"gmp@{s:.3f}", [GradualPruning(sp, schedule)])
+            out.notes["pruning_steps"] = schedule.steps()
+            yield out
+
+
+class OneShotBefore(Method):
+    """Prune θ0 once, fine-tune; with `rigl`, RigL updates at the GMP interval."""
+
+    criterion: ClassVar[Criterion]
+    rigl: ClassVar[bool] = False
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        st = exp.settings
+        for s in sparsities:
+            model = exp.initial_model()
+            sp = prune(exp, model, s, self.criterion)
+            extra: list[Callback] = []
+            if self.rigl:
+                schedule = RigLSchedule(st.interval_for(exp.total_steps), math.floor(st.rigl_end * exp.total_steps),
+                                        st.rigl_alpha)
+                extra = [RigLUpdates(sp, schedule)]
+            out = retrain(exp, model, sp, s, f"{self.criterion.label}{'+rigl' if self.rigl else ''}@{s:.3f}", extra)
+            if self.rigl:
+                out.notes["rigl_updates"] = extra[0].updates
+            yield out
+
+
+@register_method
+class OMPBefore(OneShotBefore):
+    name = "omp_before"
+    settings = SelectionSettings
+    criterion = MAGNITUDE
+    summary = "global magnitude on θ0, fine-tune"
+
+
+@register_method
+class RandomBefore(OneShotBefore):
+    name = "random_before"
+    settings = RandomSettings
+    criterion = RANDOM
+    summary = "random, uniform per layer, on θ0, fine-tune"
+
+
+@register_method
+class Snip(OneShotBefore):
+    name = "snip"
+    settings = SnipSettings
+    criterion = SNIP
+    summary = "global |g·w| on θ0 (g summed over batches), fine-tune"
+
+
+@register_method
+class OMPRigL(OneShotBefore):
+    name = "omp_rigl"
+    settings = RigLSettings
+    criterion = MAGNITUDE
+    rigl = True
+    summary = "OMP (Before) mask, RigL updates at the GMP interval"
+
+
+@register_method
+class RandomRigL(OneShotBefore):
+    name = "random_rigl"
+    settings = RandomRigLSettings
+    criterion = RANDOM
+    rigl = True
+    summary = "Random (Before) mask, RigL updates"
+
+
+@register_method
+class SnipRigL(OneShotBefore):
+    name = "snip_rigl"
+    settings = SnipRigLSettings
+    criterion = SNIP
+    rigl = True
+    summary = "SNIP mask, RigL updates"

@@ -1,0 +1,40 @@
+"""What a task's numbers mean: the primary metric's name, its direction, its chance or baseline level, and the
+secondary metrics beside it. Tasks declare one; model selection, the results store, the CLI table and the report
+read it (never a hard-coded "accuracy")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str = "accuracy"
+    higher_is_better: bool = True
+    chance: float | None = None  # the chance or trivial-baseline value, where one exists
+    secondary: tuple[str, ...] = ()
+
+    def better(self, a: float, b: float) -> bool:
+        """Is `a` strictly better than `b`?"""
+        return a > b if self.higher_is_better else a < b
+
+    def worse_than(self, value: float, reference: float, tolerance: float = 0.0) -> bool:
+        """Is `value` worse than `reference` by more than `tolerance`?"""
+        return value < reference - tolerance if self.higher_is_better else value > reference + tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "secondary": list(self.secondary)}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Metric:
+        """The metric a result record declares. Records written before tasks declared their metric are accuracy
+        records with the chance level among their metrics."""
+        declared = record.get("metric")
+        if isinstance(declared, dict):
+            return cls(declared["name"], declared["higher_is_better"], declared.get("chance"),
+                       tuple(declared.get("secondary", ())))
+        return cls("accuracy", True, record.get("metrics", {}).get("chance"))
+
+    def value(self, record: dict[str, Any]) -> float:
+        return float(record["metrics"][self.name])

@@ -1,0 +1,26 @@
+"""A run's identity: the hash of a schema version plus only the settings that matter to that method and task, each
+group without its defaults (settings.Settings.identity). Adding a setting with a default therefore never changes an
+existing run's id; giving a method a setting it does not declare is impossible (its schema has no such field).
+
+Schema 1 (before 0.2) hashed every field of every group; runner.migrate renames such runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from smcbench.settings import Settings
+
+SCHEMA_VERSION = 2
+
+
+def config_id(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_config(task: dict[str, Any], train: Settings, method: str, settings: Settings, sparsity: float) -> dict:
+    """What a run's id hashes. `task` is the resolved TaskSpec's identity."""
+    return {"schema": SCHEMA_VERSION, "task": task, "train": train.identity(), "method": method,
+            "sparsity": round(sparsity, 6), "settings": settings.identity()}
