@@ -73,7 +73,17 @@ class RegressionRun(TaskRun):
         return {"mse": mse, "mae": mae, "eval_examples": 64}
 
 
-register_task("toy/regression", default_model="mlp")(RegressionRun)
+@pytest.fixture(autouse=True)
+def toy_extensions():
+    """Register the toy task and method for this module's tests only (other modules iterate the registries)."""
+    from smcbench.tasks import registry
+
+    register_task("toy/regression", default_model="mlp")(RegressionRun)
+    register_method(LayerwiseMagnitude)
+    yield
+    METHODS.pop(LayerwiseMagnitude.name)
+    registry._TASKS.pop("toy/regression")
+    registry._INFO.pop("toy/regression")
 
 
 # --- a method with its own settings ------------------------------------------------------------------------------
@@ -83,7 +93,6 @@ class LayerwiseSettings(SelectionSettings):
     allocation: Literal["uniform", "erk"] = Field("uniform", description="How the sparsity is spread over layers.")
 
 
-@register_method
 class LayerwiseMagnitude(Method):
     """Magnitude pruning of θ0 with a per-layer allocation, then fine-tuning."""
 

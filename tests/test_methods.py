@@ -142,6 +142,17 @@ def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_pat
           "--model", tiny_model_path, "--max-steps", "2"], "not an IMP level"),
         (["commonsense/csqa", "--method", "gmp", "--sparsity", "1.2", "--data-dir", str(data_root)],
          "must be in [0, 1)"),
+        # Options follow from the settings schemas: each is checked before any work starts.
+        (["commonsense/csqa", "--lr", "-1", "--data-dir", str(data_root)], "training.lr: Input should be greater"),
+        (["commonsense/csqa", "--method", "gmp", "--rigl-alpha", "0.5", "--data-dir", str(data_root)],
+         "method gmp has no setting(s) ['rigl_alpha']"),
+        (["commonsense/csqa", "--method", "gmp", "--gmp-end", "1.5", "--data-dir", str(data_root)],
+         "gmp_end: Input should be less than or equal to 1"),
+        (["commonsense/winogrande", "--option", "train_variant=q", "--data-dir", str(data_root)],
+         "commonsense/winogrande options: train_variant"),
+        (["commonsense/csqa", "--option", "train_variant=m", "--data-dir", str(data_root)],
+         "train_variant: unknown setting"),
+        (["commonsense/csqa", "--schedule", "cosine", "--data-dir", str(data_root)], "unknown schedule 'cosine'"),
     ]
     for args, message in cases:
         out = subprocess.run([*base, *args, "--out", str(tmp_path / "out")], capture_output=True, text=True,
@@ -149,6 +160,7 @@ def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_pat
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 @pytest.mark.parametrize("task, chance", [("commonsense/winogrande", 0.5), ("commonsense/race-m", 0.25),
