@@ -121,3 +121,55 @@ def make_arithmetic_data(root, n_train=80, n_dev=20, folds=(0,)):
     write(root / "arithmetic" / "mawps-asdiv-a_svamp" / "train.csv", rows(n_train))
     write(root / "arithmetic" / "mawps-asdiv-a_svamp" / "dev.csv", rows(n_dev))
     return root
+
+
+def make_protein_data(root, per_fold=(8, 2), length=(30, 60)):
+    """HP-S2C2 (FASTA + folds.csv) and HP-S2C5 (per-fold CSVs) in their public formats: 10 folds each. The label is
+    in the composition (hot: charged residues K/E/R; other: S/T/Q/N), so a tiny model can learn it."""
+    import random
+
+    rng = random.Random(0)
+    hot, other, common = "KERKEDK", "STQNSGT", "AVLIGPFMW"
+
+    def sequence(label):
+        n = rng.randint(*length)
+        rich = hot if label else other
+        return "M" + "".join(rng.choice(rich) if rng.random() < 0.4 else rng.choice(common) for _ in range(n))
+
+    s2c2 = root / "protein" / "hotprotein_s2c2"
+    s2c5 = root / "protein" / "hotprotein_s2c5"
+    s2c2.mkdir(parents=True, exist_ok=True)
+    s2c5.mkdir(parents=True, exist_ok=True)
+    fasta, folds = [], ["fold,split,uniprot_id,label,growth_temp_c"]
+    temps = [2.5, 8.0, 15.0, 27.5, 39.0, 72.5, 80.0]
+    for k in range(10):
+        for split, n in zip(("train", "test"), per_fold, strict=True):
+            rows = ["gene,sequence,tgt_reg,set,validation"]
+            for i in range(n):
+                uid = f"P{k}{split[:2]}{i}"
+                label = i % 2
+                seq = sequence(label)
+                fasta.append(f">tr|{uid}|{uid}_X test protein\n{seq}\n")
+                folds.append(f"{k},{split},{uid},{label},{80.0 if label else 20.0}")
+                rows.append(f"{uid},{sequence(i % 2)},{temps[i % len(temps)]},{split},False")
+            (s2c5 / f"s2c5_{k}_{split}.csv").write_text("\n".join(rows) + "\n")
+    (s2c2 / "sequences.fasta").write_text("".join(fasta))
+    (s2c2 / "folds.csv").write_text("\n".join(folds) + "\n")
+    return root
+
+
+def make_tiny_esm(path, num_labels=None):
+    """A random-init 2-layer ESM-2-shaped model with ESM's tokenizer, saved as a local folder."""
+    import torch
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    from smcbench.tasks.protein.model import write_esm_vocab
+
+    tokenizer = EsmTokenizer(str(write_esm_vocab(path)))
+    torch.manual_seed(0)
+    config = EsmConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                       mask_token_id=tokenizer.mask_token_id, position_embedding_type="rotary", token_dropout=True)
+    EsmModel(config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -74,7 +74,7 @@ def prune(
     sparsity: float = typer.Option(..., help="Fraction of selected weights to prune, in [0, 1)."),
     score: str = typer.Option("magnitude", help="magnitude or random (data-free scores)."),
     allocation: str = typer.Option("global", help="global, uniform, erk, or N:M such as 2:4."),
-    preset: str = typer.Option("all", help="all (embeddings and heads too) or encoder."),
+    preset: str = typer.Option("all", help="all (embeddings and heads too), encoder or esm (attention + FFN)."),
     seed: int = typer.Option(0, help="Seed of random scores."),
     masks_out: Path | None = typer.Option(None, "--masks-out", help="Write the masks here (safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print the layerwise sparsity as JSON."),
@@ -166,14 +166,14 @@ def run(task: str, method: str, sparsity: str, model: str | None, data_dir: str 
     settings_given = {}
     for name, schema in _method_setting_fields().items():
         settings_given.update(schema.from_cli({name: given.get(name)}))
-    settings = method_settings(method, settings_given, "method settings", strict=True)
+    method_settings(method, settings_given, "method settings", strict=True)  # checked before any work
     spec, train_config = resolve(
         TaskSpec(task, model, data_dir, seed=seed, fold=fold, options=parse_options(option), **data),
         {**train_given, "seed": seed},
     )
     migrate(out, typer.echo)
-    records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config, settings=settings,
-                                 out=out, progress=not quiet))
+    records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config,
+                                 settings=settings_given, out=out, progress=not quiet))
     metric = Metric.of(records[-1])
     name = metric.name[:12]
     typer.echo(f"{'method':<14} {'target':>7} {'achieved':>9} {name:>12} {'chance':>7} {'train s':>8}  run")
@@ -303,6 +303,31 @@ def report(
     typer.echo(f"report: {path}")
 
 
+@app.command()
+def pretrain(
+    model: str = typer.Argument(..., help="esm-tiny (the only model smc-bench pretrains itself so far)."),
+    exclude_folds: str = typer.Option("0", help="Folds whose test sequences stay out of the corpus (comma-separated); "
+                                      "a run on fold K needs a model that held fold K out."),
+    steps: int = typer.Option(3000, min=1, help="Optimizer updates of masked-LM training."),
+    data_dir: str | None = typer.Option(None, help="Folder holding protein/ (default: ../shared/data)."),
+    out: Path | None = typer.Option(None, help="Where to save it (default: the cache that --model esm-tiny reads)."),
+) -> None:
+    """Pretrain a small model of a paper architecture on offline text, never on evaluation data."""
+    from smcbench.tasks.protein.pretrain import TINY_NAME, pretrain_tiny
+    from smcbench.tasks.registry import default_data_dir
+
+    if model != TINY_NAME:
+        fail(f"cannot pretrain {model!r}: smc-bench pretrains {TINY_NAME}")
+    try:
+        folds = tuple(sorted({int(k) for k in exclude_folds.split(",") if k.strip()}))
+    except ValueError:
+        fail(f"--exclude-folds {exclude_folds!r}: give fold numbers like 0 or 0,1")
+    if not folds or any(not 0 <= k < 10 for k in folds):
+        fail(f"--exclude-folds {exclude_folds!r}: HotProtein folds are 0..9")
+    folder = pretrain_tiny(Path(data_dir) if data_dir else default_data_dir(), folds, out, steps=steps)
+    typer.echo(f"{TINY_NAME}: {folder}")
+
+
 @bench_app.command("threshold")
 def bench_threshold(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -427,6 +452,36 @@ def bench_arithmetic(
                        f"value accuracy {r['accuracy']:.3f}")
     if "train_speedup" in out:
         typer.echo(f"  speed-up: training {out['train_speedup']:.2f}x, evaluation {out['eval_speedup']:.2f}x")
+
+
+@bench_app.command("protein")
+def bench_protein(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    models: str = typer.Option("esm-tiny,esm2-8m-random", help="Comma-separated: esm-tiny, esm2-8m-random, a "
+                               "folder or hub id."),
+    fold: int = typer.Option(0, min=0, max=9, help="HP-S2C2 fold."),
+    epochs: int = typer.Option(1, min=1, help="Epochs to time."),
+    batch_size: int = typer.Option(8, min=1, help="Sequences per step."),
+    max_residues: int | None = typer.Option(None, min=8, help="Cut sequences to this length (default: the model's)."),
+    data_dir: str | None = typer.Option(None, help="Folder holding protein/."),
+) -> None:
+    """Seconds per epoch, evaluation time and peak memory of protein models on one HP-S2C2 fold."""
+    from smcbench.bench import protein
+
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+    out = protein.run(chosen, fold, epochs, batch_size, max_residues, data_dir)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), each model in its own process")
+    for r in out:
+        typer.echo(f"  {r['model']:<16} {r['params'] / 1e6:6.2f}M params  {r['seconds_per_epoch']:7.1f} s/epoch "
+                   f"({r['train_examples']} sequences, longest {r['longest_tokens']} tokens, padding "
+                   f"{r['padding_fraction']:.1%} vs {r['padding_fraction_without_bucketing']:.1%} unbucketed)  eval "
+                   f"{r['eval_s']:5.1f} s  peak {r['peak_rss_mb']:6.0f} MB  accuracy {r['accuracy']:.3f}")
+    if len(out) > 1:
+        typer.echo(f"  {out[1]['model']} / {out[0]['model']}: "
+                   f"{out[1]['seconds_per_epoch'] / out[0]['seconds_per_epoch']:.2f}x the time per epoch")
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ class NoSettings(Settings):
 class SelectionSettings(Settings):
     """Which tensors a sparse method prunes (smcbench.sparsity.selection)."""
 
-    preset: Literal["all", "encoder"] = Field(
-        "all", description="Pruned tensors: all (the paper's main setting) or encoder (embeddings and heads dense, "
-        "Appendix C).")
+    preset: Literal["all", "encoder", "esm"] = Field(
+        "all", description="Pruned tensors: all (the paper's main setting), encoder (embeddings and heads dense, "
+        "Appendix C) or esm (attention Q, K, V, O and feed-forward Linear weights only, the paper's ESM setting).")
     include: tuple[str, ...] = Field((), description="Regexes: prune only the preset's tensors whose names match "
                                      "one (repeatable), e.g. a module ablation.")
     exclude: tuple[str, ...] = Field((), description="Regexes: keep the matching tensors dense (repeatable).")

@@ -48,8 +48,8 @@ def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
     """The grid's nodes in an order where every node comes after its dependencies. The methods say what they need:
     the dense fine-tune (one node per task, model, seed, fold and training config, shared), a chain (one node per
     level, each after the one before), or nothing."""
-    spec.check()
-    entries = [(get_method(name), spec.method_settings(name, own)) for name, own in spec.method_entries()]
+    spec.check()  # every method's settings validate (strictly for a method's own entry) before anything runs
+    entries = [(get_method(name), {**spec.settings, **own}) for name, own in spec.method_entries()]
     levels = {m.name: m.levels(spec.sparsities) for m, _ in entries}  # fails before any run when out of reach
     out = Path(out or spec.out)
     overrides = spec.overrides()

@@ -49,7 +49,7 @@ def code_version() -> str:
 @dataclass
 class RunRequest:
     """One method on one task. `settings` may be the method's settings or a flat mapping (each method takes the
-    keys it declares; a key no method declares is an error)."""
+    keys it declares; a key no method declares is an error) laid over the task's method defaults."""
 
     spec: TaskSpec
     method: str
@@ -60,6 +60,8 @@ class RunRequest:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.settings, Settings):  # the task's defaults (e.g. which tensors it prunes) under them
+            self.settings = {**get_task(self.spec).method_defaults(), **self.settings}
         self.settings = method_settings(self.method, self.settings, "settings")
         self.out = Path(self.out)
 
@@ -162,6 +164,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "target_sparsity": config["sparsity"],
         "achieved_sparsity": overall_sparsity(rows),
         "layers": as_records(rows),
+        "model_source": exp.task.provenance(),
         "metric": exp.task.metric.to_dict(),
         "metrics": metrics,
         "weight_change": change,

@@ -2,7 +2,9 @@
 
 Presets follow the SMC-Bench paper: `all` prunes every Linear, Embedding and Conv weight and the weight matrices of
 recurrent layers (GRU/LSTM/RNN: the GTS encoder), embeddings and classifier heads included: the paper's main
-setting; `encoder` keeps embeddings and heads dense (its Appendix C setting).
+setting; `encoder` keeps embeddings and heads dense (its Appendix C setting); `esm` prunes only the attention
+(query, key, value, output) and feed-forward Linear weights of the transformer layers, as the paper does for ESM
+(BERT-style module names, which ESM in `transformers` shares).
 Biases and norms are never selected. Every method of a run uses the same selection, so layer coverage cannot differ
 between methods (a defect of the public scripts).
 """
@@ -16,7 +18,7 @@ from torch import nn
 
 from smcbench.errors import SmcBenchError
 
-PRESETS = ("all", "encoder")
+PRESETS = ("all", "encoder", "esm")
 
 # Conv1D is transformers' GPT-2 style linear layer; matched by name so the engine does not import transformers.
 _LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -24,6 +26,9 @@ _LINEAR_LIKE_NAMES = ("Conv1D",)
 
 # Task heads and poolers: dense under the `encoder` preset. The pooler feeds only the head, so it counts as head.
 HEAD_PATTERN = r"(^|\.)(classifier|lm_head|qa_outputs|pooler|score|heads?)(\.|$)"
+# The `esm` preset: a transformer layer's attention projections and feed-forward layers, nothing else.
+ATTENTION_FFN_PATTERN = (r"\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+                         r"intermediate\.dense|output\.dense)\.weight$")
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -72,6 +77,8 @@ def select_prunable(
         if kind is None:
             continue
         if preset == "encoder" and (kind == "embedding" or re.search(HEAD_PATTERN, name)):
+            continue
+        if preset == "esm" and not (kind == "linear" and re.search(ATTENTION_FFN_PATTERN, name)):
             continue
         if include_re and not any(p.search(name) for p in include_re):
             continue

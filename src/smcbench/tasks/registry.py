@@ -129,6 +129,15 @@ class TaskRun(ABC):
         """Training settings this task uses unless the user sets them (TrainConfig field -> value)."""
         return {}
 
+    def method_defaults(self) -> dict[str, Any]:
+        """Method settings this task uses unless the user sets them (e.g. which tensors a family prunes); each
+        method takes the ones it declares."""
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the model comes from (a hub id or folder; a model pretrained here names its corpus)."""
+        return {"model": self.spec.model}
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """The training loss, or the model's output holding it as `.loss` (training callbacks may read it)."""
         return model(**batch)

@@ -1,0 +1,91 @@
+"""`smc-bench bench protein`: seconds per training epoch, evaluation seconds and peak memory of protein models on
+one HP-S2C2 fold, each model in its own process: `esm-tiny` (pretrained here) and the 8M-parameter ESM-2 shape
+(esm2_t6_8M_UR50D: 6 layers, hidden 320, 20 heads) with random weights. Length bucketing pads each batch only to its
+longest sequence; the padding fraction of an epoch is reported beside the time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from smcbench.bench.measure import in_subprocess, peak_rss_mb
+
+ESM2_8M = {"hidden_size": 320, "num_hidden_layers": 6, "num_attention_heads": 20, "intermediate_size": 1280,
+           "max_position_embeddings": 1026}
+
+
+def _esm2_8m_random(folder: Path) -> str:
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    from smcbench.tasks.protein.model import write_esm_vocab
+
+    tokenizer = EsmTokenizer(str(write_esm_vocab(folder)))
+    config = EsmConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       mask_token_id=tokenizer.mask_token_id, position_embedding_type="rotary", token_dropout=True,
+                       emb_layer_norm_before=False, **ESM2_8M)
+    torch.manual_seed(0)
+    EsmModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def measure(model: str, fold: int, epochs: int, batch_size: int, max_residues: int | None,
+            data_dir: str | None) -> dict:
+    from smcbench.tasks import TaskSpec, get_task
+    from smcbench.training import TrainConfig, train
+    from smcbench.training.loop import epoch_batches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _esm2_8m_random(Path(tmp) / "esm2-8m") if model == "esm2-8m-random" else model
+        options = {"max_residues": max_residues} if max_residues else {}
+        task = get_task(TaskSpec("protein/hp-s2c2", path, data_dir, fold=fold, options=options))
+        examples, lengths = task.train_examples()
+        net = task.initial_model()
+        params = sum(p.numel() for p in net.parameters())
+        cfg = TrainConfig(**{**task.train_defaults(), "batch_size": batch_size, "epochs": float(epochs),
+                             "eval_epochs": None})
+        result = train(net, examples, task.collate, cfg, lengths=lengths, loss_fn=task.loss, progress=False)
+        start = time.perf_counter()
+        metrics = task.evaluate(net)
+        eval_s = time.perf_counter() - start
+    def padding(bucket: bool) -> float:  # the fraction of an epoch's token slots that are padding
+        batches = epoch_batches(lengths, batch_size, 0, 0, bucket)
+        return 1 - sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    return {"model": model, "params": params, "train_examples": len(examples), "epochs": epochs,
+            "seconds_per_epoch": result.seconds / epochs, "eval_s": eval_s, "eval_examples": metrics["eval_examples"],
+            "accuracy": metrics["accuracy"], "peak_rss_mb": peak_rss_mb(), "longest_tokens": max(lengths),
+            "cut_train_sequences": metrics["cut_train_sequences"],
+            "padding_fraction": padding(True), "padding_fraction_without_bucketing": padding(False)}
+
+
+def run(models: tuple[str, ...], fold: int = 0, epochs: int = 1, batch_size: int = 8,
+        max_residues: int | None = None, data_dir: str | None = None) -> list[dict]:
+    args = ["--fold", str(fold), "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    args += ["--max-residues", str(max_residues)] if max_residues else []
+    args += ["--data-dir", data_dir] if data_dir else []
+    return [in_subprocess(__name__, "--model", m, *args) for m in models]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-residues", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(json.dumps(measure(args.model, args.fold, args.epochs, args.batch_size, args.max_residues,
+                             args.data_dir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The protein family end to end on tiny folds in the HotProtein formats, with tiny ESM models."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import make_protein_data, make_tiny_esm
+from smcbench.errors import SmcBenchError
+from smcbench.methods import METHODS
+from smcbench.runner.single import RunRequest, execute
+from smcbench.tasks import TaskSpec, get_task
+from smcbench.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def protein_root(tmp_path_factory):
+    return make_protein_data(tmp_path_factory.mktemp("protein-data"))
+
+
+@pytest.fixture(scope="module")
+def esm_path(tmp_path_factory):
+    return str(make_tiny_esm(tmp_path_factory.mktemp("esm") / "tiny-esm"))
+
+
+def spec(root, model, task="protein/hp-s2c2", **fields):
+    return TaskSpec(task, model, str(root), val_size=2, fold=0, **fields)
+
+
+def test_mean_pooling_ignores_padding_and_special_tokens(protein_root, esm_path):
+    task = get_task(spec(protein_root, esm_path))
+    model = task.initial_model().eval()
+    train, _ = task.train_examples()
+    rows = list(train[:4])
+    batch = task.collate(rows)
+    pooled = model.pool(batch["input_ids"], batch["attention_mask"], batch["residue_mask"])
+    for i, f in enumerate(rows):  # one sequence at a time: no padding at all
+        ids = torch.tensor([f.input_ids])
+        states = model.esm(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+        assert torch.allclose(pooled[i], states[1:-1].mean(0), atol=1e-5)  # residues only: not <cls>, <eos>
+
+
+def test_long_sequences_are_cut_and_counted(protein_root, esm_path):
+    task = get_task(spec(protein_root, esm_path, options={"max_residues": 20}))
+    train, lengths = task.train_examples()
+    assert max(lengths) == 22  # 20 residues + <cls> + <eos>
+    assert sum(f.cut for f in train) == len(train)  # every fixture sequence is longer than 20
+
+
+def test_a_tiny_esm_learns_the_synthetic_composition_task(protein_root, esm_path, tmp_path):
+    req = RunRequest(spec(protein_root, esm_path), "dense", [],
+                     TrainConfig(lr=3e-3, batch_size=4, epochs=30, schedule="linear", eval_epochs=5), {}, tmp_path,
+                     progress=False)
+    [r] = execute(req)
+    assert r["metrics"]["accuracy"] >= 0.9, r["metrics"]
+    assert r["metric"]["chance"] == 0.5 and "macro_f1" in r["metrics"] and r["metrics"]["majority_rate"] == 0.5
+    assert r["model_source"] == {"folder": esm_path}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_every_sparse_method_prunes_exactly_the_esm_selection(protein_root, esm_path, tmp_path, method):
+    req = RunRequest(spec(protein_root, esm_path), method, [0.2, 0.36],
+                     TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), {}, tmp_path, progress=False)
+    records = execute(req)
+    for r in records:
+        names = [layer["name"] for layer in r["layers"]]
+        assert len(names) == 12 and all(".layer." in n for n in names)  # the family's default preset: esm
+        assert r["config"]["settings"]["preset"] == "esm"
+        total = sum(layer["numel"] for layer in r["layers"])
+        pruned = sum(layer["pruned"] for layer in r["layers"])
+        if method.startswith("random"):
+            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in r["layers"])
+        else:
+            assert pruned == round(r["target_sparsity"] * total)
+
+
+def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold(protein_root, tmp_path,
+                                                                                 monkeypatch):
+    from smcbench.tasks.protein.pretrain import RECORD, ensure_tiny, tiny_folder
+
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(__import__("smcbench.tasks.protein.pretrain", fromlist=["x"]).PRETRAIN_DEFAULTS, "steps", 3)
+    folder = ensure_tiny(protein_root, (0,))
+    record = json.loads((folder / RECORD).read_text())
+    assert record["held_out_folds"] == [0] and len(record["held_out_sequences"]) == 2 * 2  # S2C2 + S2C5 tests
+    assert record["corpus_sequences"] == 2 * 10 * 10 - 4
+    task = get_task(spec(protein_root, "esm-tiny"))
+    assert task.model_path == str(folder)
+    model = task.initial_model()  # a normal transformers folder: EsmModel loads from the masked-LM checkpoint
+    assert model.esm.config.hidden_size == 128
+    # A model pretrained with fold 0 held out cannot be evaluated on fold 1's test sequences.
+    leaked = get_task(TaskSpec("protein/hp-s2c2", str(folder), str(protein_root), val_size=2, fold=1))
+    with pytest.raises(SmcBenchError, match="pretrained on 2 test sequence"):
+        leaked.train_examples()
+    assert tiny_folder((1,)) != folder
