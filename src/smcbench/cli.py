@@ -308,7 +308,9 @@ def pretrain(
     model: str = typer.Argument(..., help="esm-tiny (the only model smc-bench pretrains itself so far)."),
     exclude_folds: str = typer.Option("0", help="Folds whose test sequences stay out of the corpus (comma-separated); "
                                       "a run on fold K needs a model that held fold K out."),
-    steps: int = typer.Option(3000, min=1, help="Optimizer updates of masked-LM training."),
+    steps: int = typer.Option(1500, min=0, help="Optimizer updates of masked-LM training (0: save the random "
+                              "initialisation, the control that shows what pretraining adds)."),
+    max_residues: int = typer.Option(256, min=8, help="Residues per training sequence (longer ones are cut)."),
     data_dir: str | None = typer.Option(None, help="Folder holding protein/ (default: ../shared/data)."),
     out: Path | None = typer.Option(None, help="Where to save it (default: the cache that --model esm-tiny reads)."),
 ) -> None:
@@ -324,7 +326,8 @@ def pretrain(
         fail(f"--exclude-folds {exclude_folds!r}: give fold numbers like 0 or 0,1")
     if not folds or any(not 0 <= k < 10 for k in folds):
         fail(f"--exclude-folds {exclude_folds!r}: HotProtein folds are 0..9")
-    folder = pretrain_tiny(Path(data_dir) if data_dir else default_data_dir(), folds, out, steps=steps)
+    folder = pretrain_tiny(Path(data_dir) if data_dir else default_data_dir(), folds, out, steps=steps,
+                           max_residues=max_residues)
     typer.echo(f"{TINY_NAME}: {folder}")
 
 

@@ -31,7 +31,8 @@ RECORD = "smcbench_pretraining.json"
 # ESM-2's shape (rotary positions, token dropout, pre-LN), scaled down to train on a laptop CPU.
 TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
               "max_position_embeddings": 1026}
-PRETRAIN_DEFAULTS = {"steps": 3000, "batch_size": 16, "max_residues": 512, "lr": 1e-3, "seed": 0}
+# Sized for a laptop CPU: about 0.4 s an update here (1,500 updates of 16 x 256 residues: ~10 minutes).
+PRETRAIN_DEFAULTS = {"steps": 1500, "batch_size": 16, "max_residues": 256, "lr": 1e-3, "seed": 0}
 
 
 def cache_dir() -> Path:
@@ -110,13 +111,14 @@ def pretrain_tiny(data_dir: Path, exclude_folds: tuple[int, ...] = (0,), out: Pa
                                          len(tokenizer))
             return {"input_ids": inputs, "attention_mask": (ids != tokenizer.pad_token_id).long(), "labels": labels}
 
-        cfg = TrainConfig(lr=settings["lr"], batch_size=settings["batch_size"], max_steps=settings["steps"],
+        cfg = TrainConfig(lr=settings["lr"], batch_size=settings["batch_size"], max_steps=max(1, settings["steps"]),
                           warmup_ratio=0.05, weight_decay=0.01, seed=settings["seed"])
         torch.manual_seed(settings["seed"] + 1)
         log = _LossLog(collate(encoded[:64]), every=max(1, settings["steps"] // 10))  # one fixed masked batch
         start = time.perf_counter()
-        train(model, encoded, collate, cfg, lengths=[len(e) for e in encoded], callbacks=[log], progress=progress,
-              description="pretrain esm-tiny")
+        if settings["steps"]:  # 0: keep the random initialisation (the control for "pretraining helps")
+            train(model, encoded, collate, cfg, lengths=[len(e) for e in encoded], callbacks=[log],
+                  progress=progress, description="pretrain esm-tiny")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps({
