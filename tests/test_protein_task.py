@@ -36,7 +36,7 @@ def test_mean_pooling_ignores_padding_and_special_tokens(protein_root, esm_path)
     pooled = model.pool(batch["input_ids"], batch["attention_mask"], batch["residue_mask"])
     for i, f in enumerate(rows):  # one sequence at a time: no padding at all
         ids = torch.tensor([f.input_ids])
-        states = model.esm(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+        states = model.backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
         assert torch.allclose(pooled[i], states[1:-1].mean(0), atol=1e-5)  # residues only: not <cls>, <eos>
 
 
@@ -87,9 +87,46 @@ def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold
     task = get_task(spec(protein_root, "esm-tiny"))
     assert task.model_path == str(folder)
     model = task.initial_model()  # a normal transformers folder: EsmModel loads from the masked-LM checkpoint
-    assert model.esm.config.hidden_size == 128
+    assert model.backbone.config.hidden_size == 128
     # A model pretrained with fold 0 held out cannot be evaluated on fold 1's test sequences.
     leaked = get_task(TaskSpec("protein/hp-s2c2", str(folder), str(protein_root), val_size=2, fold=1))
     with pytest.raises(SmcBenchError, match="pretrained on 2 test sequence"):
         leaked.train_examples()
     assert tiny_folder((1,)) != folder
+
+
+def test_a_tape_checkpoint_converts_to_a_bert_folder_and_runs(protein_root, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from smcbench.tasks.protein.tape import TAPE_CONFIG, convert_tape
+
+    small = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+             "max_position_embeddings": 128}
+    torch.manual_seed(3)
+    released = BertForMaskedLM(BertConfig(**{**TAPE_CONFIG, **small}))
+    torch.save(released.state_dict(), tmp_path / "pytorch_model.bin")  # tensors only, as TAPE's release
+    folder = convert_tape(tmp_path, tmp_path / "tape", **small)
+    task = get_task(spec(protein_root, str(folder)))
+    model = task.initial_model()
+    ours = dict(model.backbone.named_parameters())
+    for name, value in released.bert.named_parameters():
+        assert torch.equal(ours[name], value), name
+    assert task.train_defaults()["warmup_steps"] == 100 and task.train_defaults()["epochs"] == 4.0  # TAPE's setting
+    train, _ = task.train_examples()
+    batch = task.collate(list(train[:2]))
+    assert batch["input_ids"][0, 0] == 2 and not batch["residue_mask"][:, 0].any()  # <cls> is not a residue
+    req = RunRequest(spec(protein_root, str(folder)), "omp_before", [0.5], TrainConfig(lr=1e-3, batch_size=4,
+                     max_steps=2), {}, tmp_path / "runs", progress=False)
+    [r] = execute(req)
+    assert len(r["layers"]) == 12 and r["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_non_tensor_checkpoint_is_refused(tmp_path):
+    from smcbench.tasks.protein.tape import convert_tape
+
+    from pathlib import PurePosixPath
+
+    # Any object beyond tensors and plain containers is refused by the tensors-only loader.
+    torch.save({"bert.x": torch.zeros(1), "note": PurePosixPath("x")}, tmp_path / "model.bin")
+    with pytest.raises(SmcBenchError, match="not a tensors-only PyTorch checkpoint"):
+        convert_tape(tmp_path / "model.bin", tmp_path / "out")

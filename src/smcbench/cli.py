@@ -331,6 +331,17 @@ def pretrain(
     typer.echo(f"{TINY_NAME}: {folder}")
 
 
+@app.command("convert-tape")
+def convert_tape_command(
+    checkpoint: Path = typer.Argument(..., help="TAPE's released pytorch_model.bin (transformer), or its folder."),
+    out: Path = typer.Option(..., help="The transformers folder to write (use it as --model)."),
+) -> None:
+    """Convert TAPE's transformer checkpoint (tensors only) into a transformers BertModel folder."""
+    from smcbench.tasks.protein.tape import convert_tape
+
+    typer.echo(f"TAPE transformer: {convert_tape(checkpoint, out)}")
+
+
 @bench_app.command("threshold")
 def bench_threshold(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

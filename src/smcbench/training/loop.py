@@ -65,6 +65,7 @@ class TrainConfig(Settings):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never on biases and norms).")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warmup fraction of the updates (one_cycle: the "
                                 "rising phase).")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup updates; overrides warmup_ratio.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer update.")
     epochs: float = Field(1.0, gt=0, description="Training epochs (ignored with max_steps).")

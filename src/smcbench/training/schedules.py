@@ -31,7 +31,9 @@ def get_schedule(name: str) -> Schedule:
 
 
 def warmup_steps(cfg: Any, total: int) -> int:
-    return round(cfg.warmup_ratio * total)
+    """Warmup updates: `warmup_steps` when set, else the `warmup_ratio` of the run (rounded)."""
+    steps = getattr(cfg, "warmup_steps", None)
+    return min(steps, total) if steps is not None else round(cfg.warmup_ratio * total)
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
@@ -68,7 +70,8 @@ def one_cycle(cfg: Any, step: int, total: int, per_epoch: int) -> float:
     """torch's OneCycleLR (cosine, two phases): from 1/cycle_div_factor up to 1 over the warmup fraction of the
     updates (torch's pct_start; its default is 0.3), then down to 1/(cycle_div_factor * cycle_final_div)."""
     start, end = 1.0 / cfg.cycle_div_factor, 1.0 / (cfg.cycle_div_factor * cfg.cycle_final_div)
-    peak = float(cfg.warmup_ratio * total) - 1  # torch: the step at which the rate peaks
+    rising = cfg.warmup_steps if getattr(cfg, "warmup_steps", None) is not None else cfg.warmup_ratio * total
+    peak = float(rising) - 1  # torch: the step at which the rate peaks
 
     def cos(a: float, b: float, t: float) -> float:
         return b + (a - b) / 2 * (math.cos(math.pi * t) + 1)

@@ -23,16 +23,17 @@ def write_esm_vocab(folder: Path) -> Path:
 
 
 class MeanPooledClassifier(nn.Module):
-    """`backbone` (an EsmModel without pooler) → mean over residues → `classifier` (dense, tanh, dropout, out)."""
+    """`backbone` (an ESM or TAPE/BERT encoder without pooler) → mean over residues → `classifier` (dense, tanh,
+    dropout, out)."""
 
     def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.esm = backbone
+        self.backbone = backbone
         self.classifier = nn.ModuleDict({"dense": nn.Linear(hidden, hidden), "out_proj": nn.Linear(hidden, num_labels)})
         self.dropout = nn.Dropout(dropout)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
-        states = self.esm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = residue_mask.to(states.dtype).unsqueeze(-1)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 

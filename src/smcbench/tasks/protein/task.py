@@ -1,7 +1,8 @@
 """Protein thermostability classification: HP-S2C2 (hot vs other) and HP-S2C5 (five classes), 10 folds each.
 
 `--model`: a folder or hub id of an ESM model in `transformers` format (facebook/esm1b_t33_650M_UR50S as the paper,
-any ESM-2). Per-residue features are mean-pooled over the real residues and fed to a classification head.
+any ESM-2), a TAPE transformer folder (tasks.protein.tape), or `esm-tiny`. Per-residue features are mean-pooled
+over the real residues and fed to a classification head.
 Sequences longer than the model's maximum (ESM-1b: 1,022 residues) are cut, and the result counts the cuts.
 Metric: accuracy; macro-F1 beside it. Model selection on a validation split carved from the training fold.
 """
@@ -90,7 +91,8 @@ class ProteinRun(TaskRun):
 
     def _encode(self, proteins: list[Protein]) -> list[Features]:
         cut = self.max_residues
-        enc = self.tokenizer([p.sequence[:cut] for p in proteins], add_special_tokens=True)
+        # Residues space-separated: ESM's tokenizer splits either way, BERT-style ones (TAPE, ProtBert) need it.
+        enc = self.tokenizer([" ".join(p.sequence[:cut]) for p in proteins], add_special_tokens=True)
         return [Features(list(ids), p.label, len(p.sequence) > cut) for ids, p in zip(enc["input_ids"], proteins,
                                                                                       strict=True)]
 
@@ -118,8 +120,8 @@ class ProteinRun(TaskRun):
         for i, f in enumerate(examples):
             ids[i, : len(f.input_ids)] = torch.tensor(f.input_ids)
             attention[i, : len(f.input_ids)] = 1
-        special = torch.zeros_like(attention, dtype=torch.bool)
-        for token in (self.tokenizer.cls_token_id, self.tokenizer.eos_token_id):
+        special = torch.zeros(ids.shape, dtype=torch.bool)
+        for token in (self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.sep_token_id):
             if token is not None:
                 special |= ids == token
         return {"input_ids": ids, "attention_mask": attention, "residue_mask": (attention == 1) & ~special,
@@ -135,8 +137,11 @@ class ProteinRun(TaskRun):
         return {"preset": "esm"}  # the paper prunes only ESM's attention and feed-forward Linear layers
 
     def train_defaults(self) -> dict[str, Any]:
+        if self._config().model_type == "bert":  # TAPE's setting: 4 epochs, lr 1e-4, linear decay, 100 warmup steps
+            return {"lr": 1e-4, "schedule": "linear", "warmup_steps": 100, "epochs": 4.0, "batch_size": 3,
+                    "eval_epochs": 1.0}
         # The paper's ESM-1b setting: backbone lr 1e-6, head lr 2e-2, OneCycle for both, batch 3 (HP-S).
-        return {"lr": 2e-2, "lr_groups": ((r"^esm\.", 1e-6),), "schedule": "one_cycle", "warmup_ratio": 0.3,
+        return {"lr": 2e-2, "lr_groups": ((r"^backbone\.", 1e-6),), "schedule": "one_cycle", "warmup_ratio": 0.3,
                 "batch_size": 3, "epochs": 10.0, "eval_epochs": 1.0}
 
     def _predict(self, model: nn.Module, features: list[Features]) -> list[int]:
