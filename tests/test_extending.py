@@ -129,6 +129,7 @@ def test_a_toy_task_with_a_lower_is_better_metric_runs_selects_and_reports(tmp_p
     build(tmp_path / "results.db", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Mse: toy/regression / mlp" in md and "lower is better" in md and "no chance level" in md
+    assert "## mae: toy/regression / mlp" in md  # the secondary metric's own table, dense included
     # A larger error is worse: both levels lose more than the tolerance (0.01 with one seed) to dense.
     assert records[0]["metrics"]["mse"] > dense["metrics"]["mse"] + 0.01
     assert "| omp_after | - | 0.500 |" in md

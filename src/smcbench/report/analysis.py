@@ -29,11 +29,15 @@ def metric_of(record: dict) -> float:
     return Metric.of(record).value(record)
 
 
-def curves(records: Iterable[dict]) -> dict[str, list[Point]]:
-    """Per method, the primary metric vs target sparsity: mean and standard deviation over seeds (and folds)."""
+def curves(records: Iterable[dict], metric: str | None = None) -> dict[str, list[Point]]:
+    """Per method, the primary metric (or the named one) vs target sparsity: mean and standard deviation over seeds
+    (and folds). Records without the named metric are left out."""
     values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        values[r["method"]][round(r["target_sparsity"], 3)].append(metric_of(r))
+        if metric is not None and metric not in r["metrics"]:
+            continue
+        value = metric_of(r) if metric is None else float(r["metrics"][metric])
+        values[r["method"]][round(r["target_sparsity"], 3)].append(value)
     return {
         method: [Point(s, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
                  for s, v in sorted(levels.items())]

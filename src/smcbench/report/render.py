@@ -99,6 +99,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     for other in references[1:]:
         by_method.pop(other)
     _curves(report, label, slug, metric, by_method, dense)
+    _secondary(report, label, metric, rows)
     if dense:
         _failing(report, label, metric, by_method, dense)
     _layerwise(report, label, slug, rows, levels)
@@ -128,6 +129,14 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
     ax.legend(fontsize=8)
     report.figure(fig, f"curves-{slug}", f"{name.capitalize()} vs sparsity: {label}")
 
+    head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
+    chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
+    report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
+                            + _table(by_method)))
+
+
+def _table(by_method: dict[str, list[analysis.Point]]) -> str:
+    """Methods x levels, mean (± the spread over seeds and folds where there are several)."""
     all_levels = sorted({p.sparsity for v in by_method.values() for p in v})
     table = ["| method | " + " | ".join(f"{p:.3f}" for p in all_levels) + " |", "|---" * (len(all_levels) + 1) + "|"]
     for method, points in sorted(by_method.items()):
@@ -135,10 +144,15 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
         cells = [f"{at[s].mean:.3f}" + (f" ± {at[s].std:.3f}" if at[s].seeds > 1 else "") if s in at else ""
                  for s in all_levels]
         table.append(f"| {method} | " + " | ".join(cells) + " |")
-    head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
-    chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
-    report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
-                            + "\n".join(table)))
+    return "\n".join(table)
+
+
+def _secondary(report: Report, label: str, metric: Metric, rows: list[dict]) -> None:
+    """The task's secondary metrics (e.g. macro-F1, equation accuracy), one table each, dense included."""
+    for name in metric.secondary:
+        by_method = analysis.curves(rows, name)
+        if by_method:
+            report.sections.append((f"{name}: {label}", _table(by_method)))
 
 
 def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
