@@ -208,8 +208,8 @@ def _register_run() -> None:
             "or folder. Arithmetic: gts (default) or graph2tree, optionally :<embedder> (minilm, roberta-base, "
             "random, hub id or folder). Protein: esm-tiny (default, pretrained here), an ESM or TAPE folder or "
             "hub id."),
-        opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/, protein/...; default: $SMCBENCH_DATA or "
-            "../shared/data."),
+        opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/, protein/...; default: "
+            "$SMCBENCH_DATA or ../shared/data."),
         opt("fold", None, int | None, "Cross-validation fold (MAWPS, ASDiv-A: 0-4; HotProtein: 0-9; "
             "default 0)."),
         opt("seed", 0, int, "Seed of the head, data order and dropout."),
