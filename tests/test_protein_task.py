@@ -122,9 +122,9 @@ def test_a_tape_checkpoint_converts_to_a_bert_folder_and_runs(protein_root, tmp_
 
 
 def test_a_non_tensor_checkpoint_is_refused(tmp_path):
-    from smcbench.tasks.protein.tape import convert_tape
-
     from pathlib import PurePosixPath
+
+    from smcbench.tasks.protein.tape import convert_tape
 
     # Any object beyond tensors and plain containers is refused by the tensors-only loader.
     torch.save({"bert.x": torch.zeros(1), "note": PurePosixPath("x")}, tmp_path / "model.bin")
