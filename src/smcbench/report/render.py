@@ -137,6 +137,8 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
 
 def _table(by_method: dict[str, list[analysis.Point]]) -> str:
     """Methods x levels, mean (± the spread over seeds and folds where there are several)."""
+    if not by_method:
+        return "No sparse runs yet."
     all_levels = sorted({p.sparsity for v in by_method.values() for p in v})
     table = ["| method | " + " | ".join(f"{p:.3f}" for p in all_levels) + " |", "|---" * (len(all_levels) + 1) + "|"]
     for method, points in sorted(by_method.items()):
