@@ -31,7 +31,8 @@ RECORD = "smcbench_pretraining.json"
 # ESM-2's shape (rotary positions, token dropout, pre-LN), scaled down to train on a laptop CPU.
 TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
               "max_position_embeddings": 1026}
-# Sized for a laptop CPU: about 0.4 s an update here (1,500 updates of 16 x 256 residues: ~10 minutes).
+# Sized for a laptop CPU: about 0.75 s an update on this 2-core machine (1,500 updates of 16 x 256 residues:
+# ~19 minutes alone; 1,794 s measured with other work beside it).
 PRETRAIN_DEFAULTS = {"steps": 1500, "batch_size": 16, "max_residues": 256, "lr": 1e-3, "seed": 0}
 
 
