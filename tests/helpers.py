@@ -158,6 +158,54 @@ def make_protein_data(root, per_fold=(8, 2), length=(30, 60)):
     return root
 
 
+def _composition_sequence(rng, label, length=(30, 60)):
+    """Rich in charged residues when `label` is hot, in S/T/Q/N otherwise: a tiny model can learn it."""
+    rich = "KERKEDK" if label else "STQNSGT"
+    n = rng.randint(*length)
+    return "M" + "".join(rng.choice(rich) if rng.random() < 0.4 else rng.choice("AVLIGPFMW") for _ in range(n))
+
+
+def make_meltome_data(root, sizes=(24, 6, 10), split="mixed"):
+    """FLIP's Meltome split CSV (sequence, target, set, validation): `sizes` = train, validation, test rows. Melting
+    temperatures near 40 °C (cool composition) or 60 °C (hot composition)."""
+    import random
+
+    rng = random.Random(1)
+    rows = ["sequence,target,set,validation"]
+    for part, n, flag in (("train", sizes[0], "False"), ("train", sizes[1], "True"), ("test", sizes[2], "")):
+        for i in range(n):
+            hot = i % 2
+            rows.append(f"{_composition_sequence(rng, hot)},{(60.0 if hot else 40.0) + rng.uniform(-5, 5):.2f},"
+                        f"{part},{flag}")
+    folder = root / "protein" / "meltome"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_split.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_hp_s_data(root, sizes=(20, 10)):
+    """HP-S as the HotProtein release stores it (one FASTA file per protein under S_target/) with the split in
+    JSON under the release pickle's keys. Five classes; composition separates the two hottest from the rest."""
+    import json
+    import random
+
+    rng = random.Random(2)
+    folder = root / "protein" / "hotprotein_s"
+    (folder / "S_target").mkdir(parents=True, exist_ok=True)
+    split = {}
+    for part, n in zip(("train", "test"), sizes, strict=True):
+        names, labels = [], []
+        for i in range(n):
+            name, label = f"{part}_{i}", i % 5
+            (folder / "S_target" / f"{name}.fasta").write_text(
+                f">{name}\n{_composition_sequence(rng, label >= 3)}\n")
+            names.append(name)
+            labels.append(float(label))  # the release stores labels as numbers read with float()
+        split[f"{part}_names"], split[f"{part}_labels"] = names, labels
+    (folder / "split.json").write_text(json.dumps(split))
+    return root
+
+
 def make_tiny_esm(path, num_labels=None):
     """A random-init 2-layer ESM-2-shaped model with ESM's tokenizer, saved as a local folder."""
     import torch

@@ -130,6 +130,38 @@ def test_shipped_presets_validate():
     assert g2t.train.lr == 8e-4 and g2t.train.epochs == 50 and g2t.train.schedule == "step"
 
 
+def test_the_paper_protein_preset_holds_the_main_grid_and_table_1():
+    nodes = expand(load_spec("paper-protein"))
+    assert len({n.id for n in nodes}) == len(nodes)
+    main = [n.request for n in nodes if n.request.spec.task in ("protein/hp-s", "protein/meltome")]
+    assert {r.method for r in main} == {"dense", "lth", "omp_after", "random_after", "gmp", "omp_before",
+                                        "random_before", "snip", "omp_rigl", "random_rigl", "snip_rigl"}
+    table = [n.request for n in nodes if n.request.spec.task == "protein/hp-s2c2"]
+    assert [r.method for r in table].count("dense") == 1  # one dense fine-tune beside the five subsets
+    subsets = {r.settings.include for r in table if r.method == "omp_after"}
+    assert len(subsets) == 5 and all(r.sparsities == [0.05] for r in table if r.method == "omp_after")
+    esm1b = next(r for r in table if r.method == "dense")
+    assert esm1b.train.lr_groups == ((r"^backbone\.", 1e-6),) and esm1b.train.batch_size == 3  # offline: no hub
+
+
+def test_also_parts_share_runs_and_a_repeated_method_needs_other_settings(tiny_model_path, data_root, tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    methods=["dense", "omp_after"], sparsities=[0.2],
+                                    also=[{"methods": ["dense", "omp_after", {"omp_after": {"include": ["query"]}}],
+                                           "sparsities": [0.05]}])))
+    nodes = expand(spec)
+    labels = sorted(n.label.split(": ", 1)[1] for n in nodes)
+    assert labels == ["dense", "omp_after (include=['query']) @ 0.050", "omp_after @ 0.050", "omp_after @ 0.200"]
+    twice = write_spec(tmp_path / "t.yaml", tiny_model_path, data_root, tmp_path / "out",
+                       methods=["dense", {"gmp": {"interval": 5}}, {"gmp": {"interval": 5}}])
+    with pytest.raises(SmcBenchError, match="gmp is listed twice with the same settings"):
+        expand(load_spec(str(twice)))
+    nested = write_spec(tmp_path / "u.yaml", tiny_model_path, data_root, tmp_path / "out",
+                        also=[{"sparsities": [2.0]}])
+    with pytest.raises(SmcBenchError, match="also.0: sparsities"):
+        expand(load_spec(str(nested)))
+
+
 def test_grid_runs_each_fold_with_its_own_dense_model(tiny_model_path, data_root, tmp_path):
     spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                                     tasks=[{"task": "arithmetic/mawps", "val_size": 10, "train_size": 16}],

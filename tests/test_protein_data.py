@@ -8,7 +8,16 @@ import pytest
 
 from smcbench.errors import SmcBenchError
 from smcbench.sparsity.selection import select_prunable
-from smcbench.tasks.protein.data import S2C5_CLASSES, read_fasta, read_s2c2, read_s2c5
+from smcbench.tasks.protein.data import (
+    S2C5_CLASSES,
+    meltome_classes,
+    meltome_label,
+    read_fasta,
+    read_hp_s,
+    read_meltome,
+    read_s2c2,
+    read_s2c5,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -91,6 +100,90 @@ def test_the_real_files_give_the_papers_counts():
     assert Counter(p.label for p in s2c5) == {0: 73, 1: 387, 2: 195, 3: 196, 4: 189}
     train_ids = {p.uid for p in read_s2c2(SHARED, 0, "train")}
     assert train_ids.isdisjoint(p.uid for p in read_s2c2(SHARED, 0, "test"))
+
+
+def write_meltome(root, rows, split="mixed"):
+    folder = root / "protein" / "meltome"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_split.csv").write_text("sequence,target,set,validation\n" + "".join(rows))
+
+
+def test_meltome_reads_flips_columns_and_validation_flags(tmp_path):
+    write_meltome(tmp_path, ["MKVL,41.5,train,False\n", "mkvJ*,60.1,train,True\n", "MAAG,55,test,\n"])
+    train = read_meltome(tmp_path, "mixed", "train")
+    assert [(r.sequence, r.melting_c, r.validation) for r in train] == [("MKVL", 41.5, False),
+                                                                         ("MKVX", 60.1, True)]  # J -> X, stop dropped
+    assert [r.sequence for r in read_meltome(tmp_path, "mixed", "test")] == ["MAAG"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("MKVL,hot,train,False\n", "mixed_split.csv:2: target must be a melting temperature"),
+    ("MK1L,40,train,False\n", "mixed_split.csv:2: not an amino-acid sequence"),
+    ("MKVL,40,valid,False\n", "mixed_split.csv:2: set must be train or test"),
+    ("MKVL,40,train,maybe\n", "mixed_split.csv:2: validation must be True or False"),
+    ("MKVL,40\n", "mixed_split.csv:2: malformed row"),
+])
+def test_bad_meltome_rows_are_clear_errors(tmp_path, row, message):
+    write_meltome(tmp_path, [row])
+    with pytest.raises(SmcBenchError, match=message):
+        read_meltome(tmp_path, "mixed", "train")
+
+
+def test_missing_meltome_names_the_file_and_where_to_get_it(tmp_path):
+    with pytest.raises(SmcBenchError, match=r"meltome/mixed_split.csv.*FLIP's splits/meltome/splits.zip"):
+        read_meltome(tmp_path, "mixed", "train")
+
+
+def test_meltome_classes_default_to_the_training_median_and_boundaries_go_hotter(tmp_path):
+    write_meltome(tmp_path, [f"MKVL,{t},train,False\n" for t in (40, 45, 50, 70)])
+    train = read_meltome(tmp_path, "mixed", "train")
+    assert meltome_classes(train, None) == (47.5,)
+    assert meltome_classes(train, (60.0, 50.0)) == (50.0, 60.0)
+    assert [meltome_label(t, (50.0, 60.0)) for t in (49.9, 50.0, 59.9, 60.0, 90)] == [0, 1, 1, 2, 2]
+
+
+def write_hp_s(root, split_json=None, split_csv=None, files=None):
+    folder = root / "protein" / "hotprotein_s"
+    (folder / "S_target").mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {"a": ">a\nMKV\nLL\n", "b": ">b\nMAAG\n"}).items():
+        (folder / "S_target" / f"{name}.fasta").write_text(text)
+    if split_json is not None:
+        (folder / "split.json").write_text(split_json)
+    if split_csv is not None:
+        (folder / "split.csv").write_text(split_csv)
+    return folder
+
+
+def test_hp_s_reads_the_release_layout_with_its_split_as_json_or_csv(tmp_path):
+    write_hp_s(tmp_path, split_json='{"train_names": ["a"], "train_labels": [4.0], "test_names": ["b"], '
+                                    '"test_labels": [0]}')
+    assert [(p.uid, p.sequence, p.label) for p in read_hp_s(tmp_path, "train")] == [("a", "MKVLL", 4)]
+    assert [p.label for p in read_hp_s(tmp_path, "test")] == [0]
+    other = tmp_path / "csv"
+    write_hp_s(other, split_csv="name,label,split\na,2,train\nb,3,test\n")
+    assert [(p.uid, p.label) for p in read_hp_s(other, "test")] == [("b", 3)]
+
+
+@pytest.mark.parametrize("split_json, message", [
+    ('{"train_names": ["a"], "train_labels": [5], "test_names": [], "test_labels": []}',
+     r"split.json \(train_names\[0\]\): HP-S labels are 0..4"),
+    ('{"train_names": ["zz"], "train_labels": [1], "test_names": [], "test_labels": []}',
+     r"split.json \(train_names\[0\]\): no sequence file .*zz.fasta"),
+    ('{"train_names": ["a", "b"], "train_labels": [1]}', "train_names has 2 entries but train_labels has 1"),
+    ('{"names": []}', "needs lists 'train_names' and 'train_labels'"),
+    ('{"train_names": [', "split.json:1: not valid JSON"),
+])
+def test_bad_hp_s_splits_are_clear_errors(tmp_path, split_json, message):
+    write_hp_s(tmp_path, split_json=split_json)
+    with pytest.raises(SmcBenchError, match=message):
+        read_hp_s(tmp_path, "train")
+
+
+def test_hp_s_never_loads_the_release_pickle_and_says_how_to_convert_it(tmp_path):
+    folder = write_hp_s(tmp_path)
+    (folder / "S_target_classification.pkl").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(SmcBenchError, match="S_target_classification.pkl is a pickle, which smc-bench never loads"):
+        read_hp_s(tmp_path, "train")
 
 
 def tiny_esm():

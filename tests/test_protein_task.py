@@ -76,11 +76,11 @@ def test_every_sparse_method_prunes_exactly_the_esm_selection(protein_root, esm_
 
 def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold(protein_root, tmp_path,
                                                                                  monkeypatch):
-    from smcbench.tasks.protein.pretrain import RECORD, ensure_tiny, tiny_folder
+    from smcbench.tasks.protein.pretrain import RECORD, ensure_tiny, hotprotein_corpus, tiny_folder
 
     monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(__import__("smcbench.tasks.protein.pretrain", fromlist=["x"]).PRETRAIN_DEFAULTS, "steps", 3)
-    folder = ensure_tiny(protein_root, (0,))
+    folder = ensure_tiny("heldout-0", lambda: hotprotein_corpus(protein_root, (0,)))
     record = json.loads((folder / RECORD).read_text())
     assert record["held_out_folds"] == [0] and len(record["held_out_sequences"]) == 2 * 2  # S2C2 + S2C5 tests
     assert record["corpus_sequences"] == 2 * 10 * 10 - 4
@@ -92,7 +92,7 @@ def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold
     leaked = get_task(TaskSpec("protein/hp-s2c2", str(folder), str(protein_root), val_size=2, fold=1))
     with pytest.raises(SmcBenchError, match="pretrained on 2 test sequence"):
         leaked.train_examples()
-    assert tiny_folder((1,)) != folder
+    assert tiny_folder("heldout-1") != folder
 
 
 def test_a_tape_checkpoint_converts_to_a_bert_folder_and_runs(protein_root, tmp_path):
@@ -130,3 +130,75 @@ def test_a_non_tensor_checkpoint_is_refused(tmp_path):
     torch.save({"bert.x": torch.zeros(1), "note": PurePosixPath("x")}, tmp_path / "model.bin")
     with pytest.raises(SmcBenchError, match="not a tensors-only PyTorch checkpoint"):
         convert_tape(tmp_path / "model.bin", tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def single_split_root(tmp_path_factory):
+    from helpers import make_hp_s_data, make_meltome_data
+
+    root = tmp_path_factory.mktemp("single-split")
+    return make_hp_s_data(make_meltome_data(root))
+
+
+def test_meltome_selects_on_flips_validation_rows_and_records_its_class_boundaries(single_split_root, esm_path,
+                                                                                  tmp_path):
+    task = get_task(TaskSpec("protein/meltome", esm_path, str(single_split_root)))
+    assert task.classes == 2 and task.boundaries[0] == pytest.approx(50, abs=6)  # the training median
+    pool, val = task.training_and_validation()
+    assert (len(pool), len(val)) == (24, 6)  # FLIP's validation rows, never the test split
+    req = RunRequest(TaskSpec("protein/meltome", esm_path, str(single_split_root)), "dense", [],
+                     TrainConfig(lr=3e-3, batch_size=4, epochs=20, schedule="linear", eval_epochs=5), {}, tmp_path,
+                     progress=False)
+    [r] = execute(req)
+    assert r["metrics"]["accuracy"] >= 0.8, r["metrics"]
+    assert r["data"]["class_boundaries_c"] == [task.boundaries[0]]
+    assert "the training median" in r["data"]["notes"][0]
+
+
+def test_meltome_thresholds_make_more_classes_and_bad_ones_are_refused(single_split_root, esm_path):
+    three = get_task(TaskSpec("protein/meltome", esm_path, str(single_split_root),
+                              options={"tm_thresholds": "42,58"}))
+    assert three.classes == 3 and three.metric.chance == pytest.approx(1 / 3)
+    assert {p.label for p in three.read("train")} == {0, 1, 2}
+    with pytest.raises(SmcBenchError, match="tm_thresholds: .*distinct and increasing"):
+        get_task(TaskSpec("protein/meltome", esm_path, str(single_split_root), options={"tm_thresholds": "55,45"}))
+
+
+def test_hp_s_runs_five_classes_from_the_release_layout(single_split_root, esm_path, tmp_path):
+    req = RunRequest(TaskSpec("protein/hp-s", esm_path, str(single_split_root), val_size=5), "omp_after", [0.5],
+                     TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), {}, tmp_path, progress=False)
+    [r] = execute(req)
+    assert r["metric"]["chance"] == 0.2 and r["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert r["metrics"]["eval_examples"] == 10
+
+
+def test_esm_tiny_for_a_single_split_task_pretrains_on_its_training_split_only(single_split_root, tmp_path,
+                                                                               monkeypatch):
+    from smcbench.tasks.protein.pretrain import RECORD, sequence_key
+
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(__import__("smcbench.tasks.protein.pretrain", fromlist=["x"]).PRETRAIN_DEFAULTS, "steps", 2)
+    task = get_task(TaskSpec("protein/meltome", "esm-tiny", str(single_split_root)))
+    folder = task.model_path
+    assert folder.endswith("esm-tiny-meltome-mixed")
+    record = json.loads((tmp_path / "cache" / "models" / "esm-tiny-meltome-mixed" / RECORD).read_text())
+    test_keys = {sequence_key(p.sequence) for p in task.read("test")}
+    assert record["corpus_sequences"] == 30 and test_keys <= set(record["held_out_sequences"])
+    task.train_examples()  # the leak check passes: every test sequence was held out
+
+
+def test_pretrain_command_builds_the_corpus_of_the_chosen_task(single_split_root, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny"
+    done = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "esm-tiny", "--task", "protein/hp-s",
+                           "--steps", "1", "--data-dir", str(single_split_root), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "smcbench_pretraining.json").read_text())
+    assert record["corpus_name"] == "hp-s" and record["corpus_sequences"] == 20
+    refused = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "esm-tiny", "--task", "protein/hp-s",
+                              "--exclude-folds", "1", "--data-dir", str(single_split_root), "--out", str(out)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no folds" in refused.stderr

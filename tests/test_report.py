@@ -79,6 +79,30 @@ def test_report_from_a_small_results_database(tmp_path):
         "curves-commonsense-csqa-m.png", "layerwise-commonsense-csqa-m-0.738.png"]
 
 
+def test_variants_of_a_method_are_separate_curves_not_pooled_like_seeds(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    store.append(rec("dense", 0.0, 0.8))
+    for include, acc in (("query", 0.7), ("key", 0.5)):
+        r = rec("omp_after", 0.05, acc, run=include)
+        store.append({**r, "config": {"settings": {"preset": "esm", "include": [include]}}})
+    store.append({**rec("gmp", 0.05, 0.6), "config": {"settings": {"preset": "esm"}}})
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| omp_after (include=query) | 0.700 |" in md and "| omp_after (include=key) | 0.500 |" in md
+    assert "| gmp | 0.600 |" in md  # a setting every run shares stays out of the name
+
+
+def test_the_tasks_data_notes_appear_once_under_the_task(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    note = "HP-S2C5's five classes group its seven growth temperatures: inferred from the paper's class counts."
+    for r in [rec("dense", 0.0, 0.6), rec("omp_after", 0.2, 0.62, seed=1)]:
+        store.append({**r, "data": {"notes": [note]}})
+    html = build(tmp_path / "results.db", tmp_path / "report").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.count(note) == 1 and "## About the data: commonsense/csqa / m" in md
+    assert "inferred from the paper&#x27;s class counts" in html
+
+
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(SmcBenchError, match="no finished runs"):
         build(tmp_path / "results.db", tmp_path / "report")

@@ -29,15 +29,43 @@ def metric_of(record: dict) -> float:
     return Metric.of(record).value(record)
 
 
+def with_variants(records: Iterable[dict]) -> list[dict]:
+    """The records, each with `variant`: its method's name, plus the method settings that differ between runs of
+    that method (e.g. Table 1's module subsets, `omp_after (include=...)`), so variants are never pooled like
+    seeds. Settings every run of the method shares stay out of the name."""
+    records = list(records)
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_method[r["method"]].append((r.get("config") or {}).get("settings") or {})
+    varying = {m: sorted(k for k in {k for s in settings for k in s}
+                         if len({repr(s.get(k)) for s in settings}) > 1) for m, settings in by_method.items()}
+    out = []
+    for r in records:
+        own = (r.get("config") or {}).get("settings") or {}
+        keys = varying[r["method"]]
+        shown = ", ".join(f"{k}={_setting_text(own.get(k))}" for k in keys)
+        out.append({**r, "variant": f"{r['method']} ({shown})" if keys else r["method"]})
+    return out
+
+
+def _setting_text(value: object) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, list | tuple):
+        return "|".join(map(str, value))
+    return str(value)
+
+
 def curves(records: Iterable[dict], metric: str | None = None) -> dict[str, list[Point]]:
-    """Per method, the primary metric (or the named one) vs target sparsity: mean and standard deviation over seeds
-    (and folds). Records without the named metric are left out."""
+    """Per method variant (`with_variants`; the method's name where there is one variant), the primary metric (or
+    the named one) vs target sparsity: mean and standard deviation over seeds (and folds). Records without the
+    named metric are left out."""
     values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if metric is not None and metric not in r["metrics"]:
             continue
         value = metric_of(r) if metric is None else float(r["metrics"][metric])
-        values[r["method"]][round(r["target_sparsity"], 3)].append(value)
+        values[r.get("variant", r["method"])][round(r["target_sparsity"], 3)].append(value)
     return {
         method: [Point(s, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
                  for s, v in sorted(levels.items())]

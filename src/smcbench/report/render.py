@@ -93,11 +93,13 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     label = f"{task} / {Path(model).name}"
     slug = f"{task.replace('/', '-')}-{Path(model).name}"
     metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
+    rows = analysis.with_variants(rows)
     by_method = analysis.curves(rows)
-    references = [m for m in by_method if not is_sparse(m, by_method[m][0].sparsity)]
+    references = sorted({r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])})
     dense = by_method.pop(references[0]) if references else None
     for other in references[1:]:
         by_method.pop(other)
+    _data_notes(report, label, rows)
     _curves(report, label, slug, metric, by_method, dense)
     _secondary(report, label, metric, rows)
     if dense:
@@ -105,6 +107,14 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     _layerwise(report, label, slug, rows, levels)
     _overlap(report, label, rows)
     _weight_change(report, label, slug, [r for r in rows if not is_sparse(r["method"], r["target_sparsity"])])
+
+
+def _data_notes(report: Report, label: str, rows: list[dict]) -> None:
+    """What the task says a reader must know about its data (an inferred grouping, chosen class boundaries), once
+    per distinct note across the group's runs."""
+    notes = list(dict.fromkeys(n for r in rows for n in (r.get("data") or {}).get("notes", [])))
+    if notes:
+        report.sections.append((f"About the data: {label}", "\n".join(notes)))
 
 
 def _direction(metric: Metric) -> str:
@@ -182,15 +192,15 @@ def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: 
     for level in chosen:
         fig, ax = plt.subplots(figsize=(9, 4))
         seen = set()
-        for r in sorted(sparse, key=lambda r: r["method"]):
-            if abs(round(r["target_sparsity"], 3) - level) > 1e-3 or r["method"] in seen:
+        for r in sorted(sparse, key=lambda r: r["variant"]):
+            if abs(round(r["target_sparsity"], 3) - level) > 1e-3 or r["variant"] in seen:
                 continue
-            seen.add(r["method"])
+            seen.add(r["variant"])
             layers = r["layers"]
-            ax.plot(range(len(layers)), [x["sparsity"] for x in layers], marker=".", label=r["method"])
+            ax.plot(range(len(layers)), [x["sparsity"] for x in layers], marker=".", label=r["variant"])
             collapsed = [short(x["name"]) for x in layers if x["collapsed"]]
             if collapsed:
-                collapsed_lines.append(f"| {r['method']} | {level:.3f} | {', '.join(collapsed)} |")
+                collapsed_lines.append(f"| {r['variant']} | {level:.3f} | {', '.join(collapsed)} |")
             names = [short(x["name"]) for x in layers]
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=6)
@@ -211,11 +221,13 @@ def _overlap(report: Report, label: str, rows: list[dict]) -> None:
     for r in rows:
         path = Path(r.get("dir", "")) / "masks.safetensors"
         if is_sparse(r["method"], r["target_sparsity"]) and path.is_file():
-            by_key[(round(r["target_sparsity"], 3), r["seed"])][r["method"]] = read_masks(path)
+            by_key[(round(r["target_sparsity"], 3), r["seed"])][r["variant"]] = read_masks(path)
     lines = []
     for (level, seed), masks in sorted(by_key.items()):
         for a, b in itertools.combinations(sorted(masks), 2):
             overall, per_layer = analysis.mask_overlap(masks[a], masks[b])
+            if not per_layer:  # variants that prune disjoint tensors (e.g. Table 1's module subsets)
+                continue
             lo = min(per_layer, key=per_layer.get)
             lines.append(f"| {level:.3f} | {seed} | {a} | {b} | {overall:.3f} | {analysis.random_overlap(level):.3f} "
                          f"| {short(lo)} {per_layer[lo]:.3f} |")

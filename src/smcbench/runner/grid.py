@@ -47,11 +47,19 @@ class Node:
 def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
     """The grid's nodes in an order where every node comes after its dependencies. The methods say what they need:
     the dense fine-tune (one node per task, model, seed, fold and training config, shared), a chain (one node per
-    level, each after the one before), or nothing."""
+    level, each after the one before), or nothing. A spec's `also` parts add their nodes; a node two parts share
+    (the same run) is listed once."""
     spec.check()  # every method's settings validate (strictly for a method's own entry) before anything runs
-    entries = [(get_method(name), {**spec.settings, **own}) for name, own in spec.method_entries()]
-    levels = {m.name: m.levels(spec.sparsities) for m, _ in entries}  # fails before any run when out of reach
-    out = Path(out or spec.out)
+    nodes: dict[str, Node] = {}
+    for part in spec.parts():
+        for node in _expand_part(part, out or Path(spec.out)):
+            nodes.setdefault(node.id, node)
+    return list(nodes.values())
+
+
+def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
+    entries = [(get_method(name), {**spec.settings, **own}, own) for name, own in spec.method_entries()]
+    levels = {m.name: m.levels(spec.sparsities) for m, _, _ in entries}  # fails before any run when out of reach
     overrides = spec.overrides()
     nodes: list[Node] = []
     for entry in spec.tasks:
@@ -63,23 +71,25 @@ def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
             dense = RunRequest(task, DENSE, [], cfg, {}, out, progress=False)
             dense_id = config_id(dense.dense_config())
-            if any(not m.sparse or m.needs_dense for m, _ in entries):
+            if any(not m.sparse or m.needs_dense for m, _, _ in entries):
                 nodes.append(Node(dense_id, f"{where}: {DENSE}", dense, ()))
-            for method, settings in entries:
+            for method, settings, own in entries:
                 if not method.sparse:
                     continue
+                # A variant shows its own settings.
+                name = method.name + (f" ({', '.join(f'{k}={v}' for k, v in own.items())})" if own else "")
                 start = (dense_id,) if method.needs_dense else ()
                 if method.chained:
                     previous = start
                     for k, level in enumerate(method.chain(max(levels[method.name])), 1):
                         req = RunRequest(task, method.name, [level], cfg, settings, out, progress=False)
                         node_id = config_id(req.run_config(level))
-                        nodes.append(Node(node_id, f"{where}: {method.name} round {k} ({level:.3f})", req, previous))
+                        nodes.append(Node(node_id, f"{where}: {name} round {k} ({level:.3f})", req, previous))
                         previous = (node_id,)
                     continue
                 for s in levels[method.name]:
                     req = RunRequest(task, method.name, [s], cfg, settings, out, progress=False)
-                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {method.name} @ {s:.3f}", req, start))
+                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, start))
     return nodes
 
 

@@ -165,6 +165,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "achieved_sparsity": overall_sparsity(rows),
         "layers": as_records(rows),
         "model_source": exp.task.provenance(),
+        "data": exp.task.data_provenance(),
         "metric": exp.task.metric.to_dict(),
         "metrics": metrics,
         "weight_change": change,

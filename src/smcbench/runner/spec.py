@@ -41,6 +41,22 @@ class GridSpec(Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     # Method settings shared by the spec's methods: each method takes the keys its schema declares.
     settings: dict[str, Any] = Field(default_factory=dict)
+    # More sub-grids run with this one: each entry replaces some of the fields above (e.g. other tasks, methods
+    # and levels, as the paper's Table 1 beside its main grid). Runs they share (the dense fine-tune) run once.
+    also: list[dict[str, Any]] = Field(default_factory=list)
+
+    def parts(self) -> list[GridSpec]:
+        """This grid without `also`, then one grid per `also` entry (the fields it sets over this grid's)."""
+        base = self.model_dump(exclude={"also"})
+        out = [self.model_copy(update={"also": []})]
+        for k, part in enumerate(self.also):
+            if "also" in part or "out" in part or "data_dir" in part:
+                raise SmcBenchError(f"also.{k}: a part shares the grid's out and data_dir and cannot nest `also`")
+            try:
+                out.append(GridSpec.model_validate({**base, "name": f"{self.name}/{k}", **part}))
+            except ValidationError as err:
+                raise SmcBenchError(one_line(err, f"also.{k}")) from err
+        return out
 
     @field_validator("sparsities")
     @classmethod
@@ -65,10 +81,12 @@ class GridSpec(Strict):
                 out.append((name, own or {}))
             else:
                 raise SmcBenchError(f"methods: {entry}: give one method per entry, e.g. {{gmp: {{interval: 100}}}}")
-        names = [name for name, _ in out]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        # A method may be listed again with other settings (a variant, e.g. Table 1's module subsets); the same
+        # method with the same settings twice would only repeat runs.
+        seen = [(name, repr(sorted(own.items()))) for name, own in out]
+        repeated = sorted({name for name, key in seen if seen.count((name, key)) > 1})
         if repeated:
-            raise SmcBenchError(f"methods: {repeated[0]} is listed twice")
+            raise SmcBenchError(f"methods: {repeated[0]} is listed twice with the same settings")
         return out
 
     def method_settings(self, name: str, own: dict[str, Any]) -> Settings:
@@ -88,6 +106,10 @@ class GridSpec(Strict):
         from smcbench.tasks import TaskSpec
         from smcbench.tasks.registry import resolve_spec
 
+        if self.also:
+            for part in self.parts():
+                part.check()
+            return
         for name, own in self.method_entries():
             get_method(name)
             self.method_settings(name, own)

@@ -134,6 +134,11 @@ class TaskRun(ABC):
         method takes the ones it declares."""
         return {}
 
+    def data_provenance(self) -> dict[str, Any]:
+        """What a reader of the results must know about the data: facts (e.g. class boundaries) and `notes`, short
+        sentences the report prints under the task (e.g. a grouping that is inferred, not given)."""
+        return {}
+
     def provenance(self) -> dict[str, Any]:
         """Where the model comes from (a hub id or folder; a model pretrained here names its corpus)."""
         return {"model": self.spec.model}

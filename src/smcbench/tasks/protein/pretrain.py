@@ -1,11 +1,12 @@
 """`esm-tiny`: a small ESM-2-shaped model that smc-bench pretrains itself by masked-language modelling, since no
 protein language model ships its weights in a package here.
 
-Corpus: the HotProtein sequences on this machine (HP-S2C2 and HP-S2C5) minus every sequence of the evaluation
-(test) split of the folds named in `exclude_folds`, so no test sequence is ever seen. The folder records which folds
-were held out; a task refuses to evaluate a fold whose test sequences were in the corpus. Objective: ESM's masked
-LM (15 % of residues: 80 % <mask>, 10 % a random residue, 10 % unchanged). The result is a normal `transformers`
-folder (EsmForMaskedLM + EsmTokenizer) cached under $SMCBENCH_CACHE (default ~/.cache/smcbench).
+Corpus (a `PretrainCorpus`, chosen by the task): for HP-S2C2 / HP-S2C5, the HotProtein sequences on this machine
+(both datasets, every fold) minus every sequence of the evaluation (test) split of the folds held out; for a task
+with one fixed split (HP-S, Meltome), its training split only. No test sequence is ever seen: the folder records
+the held-out sequences, and a task refuses to evaluate test sequences that are not among them. Objective: ESM's
+masked LM (15 % of residues: 80 % <mask>, 10 % a random residue, 10 % unchanged). The result is a normal
+`transformers` folder (EsmForMaskedLM + EsmTokenizer) cached under $SMCBENCH_CACHE (default ~/.cache/smcbench).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +43,50 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SMCBENCH_CACHE", Path.home() / ".cache" / "smcbench"))
 
 
-def tiny_folder(exclude_folds: tuple[int, ...] = (0,)) -> Path:
-    return cache_dir() / "models" / f"{TINY_NAME}-heldout-{'-'.join(map(str, exclude_folds))}"
-
-
 def sequence_key(sequence: str) -> str:
     return hashlib.sha256(sequence.encode()).hexdigest()[:20]
 
 
-def corpus(data_dir: Path, exclude_folds: tuple[int, ...]) -> tuple[list[str], set[str]]:
-    """(training sequences, keys of the held-out test sequences). Every fold's train + test split is read; a
-    sequence in the test split of an excluded fold (of either dataset) is left out wherever it appears."""
-    held_out = {sequence_key(p.sequence) for k in exclude_folds
-                for p in [*read_s2c2(data_dir, k, "test"), *read_s2c5(data_dir, k, "test")]}
-    seen: set[str] = set()
-    out = []
+@dataclass(frozen=True)
+class PretrainCorpus:
+    """What esm-tiny is pretrained on: `name` names the cached folder (esm-tiny-<name>)."""
+
+    name: str
+    description: str
+    sequences: list[str]
+    held_out: set[str]  # keys (sequence_key) of the evaluation sequences kept out
+    held_out_folds: tuple[int, ...] = field(default=())
+
+    @staticmethod
+    def build(name: str, description: str, sequences: Iterable[str], held_out: Iterable[str],
+              held_out_folds: tuple[int, ...] = ()) -> PretrainCorpus:
+        """Leaves out every held-out sequence wherever it appears, and duplicates after the first."""
+        keys = {sequence_key(s) for s in held_out}
+        seen: set[str] = set()
+        kept = []
+        for sequence in sequences:
+            key = sequence_key(sequence)
+            if key not in keys and key not in seen:
+                seen.add(key)
+                kept.append(sequence)
+        return PretrainCorpus(name, description, kept, keys, held_out_folds)
+
+
+def hotprotein_corpus(data_dir: Path, exclude_folds: tuple[int, ...]) -> PretrainCorpus:
+    """HP-S2C2 + HP-S2C5, every fold's train and test split, minus the test sequences of the excluded folds (of
+    either dataset)."""
+    held_out = [p.sequence for k in exclude_folds for p in [*read_s2c2(data_dir, k, "test"),
+                                                            *read_s2c5(data_dir, k, "test")]]
     proteins = [p for k in range(S2C2_FOLDS) for s in ("train", "test") for p in read_s2c2(data_dir, k, s)]
     proteins += [p for k in range(S2C5_FOLDS) for s in ("train", "test") for p in read_s2c5(data_dir, k, s)]
-    for p in proteins:
-        key = sequence_key(p.sequence)
-        if key in held_out or key in seen:
-            continue
-        seen.add(key)
-        out.append(p.sequence)
-    return out, held_out
+    return PretrainCorpus.build(
+        f"heldout-{'-'.join(map(str, exclude_folds))}",
+        "HotProtein HP-S2C2 + HP-S2C5 sequences (every fold, train and test splits), minus the test sequences of "
+        "the held-out folds; duplicates once", (p.sequence for p in proteins), held_out, exclude_folds)
+
+
+def tiny_folder(corpus_name: str = "heldout-0") -> Path:
+    return cache_dir() / "models" / f"{TINY_NAME}-{corpus_name}"
 
 
 def mask_tokens(ids: torch.Tensor, special: torch.Tensor, mask_id: int, first_residue: int, vocab: int,
@@ -79,16 +102,18 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, mask_id: int, first_re
     return inputs, labels
 
 
-def pretrain_tiny(data_dir: Path, exclude_folds: tuple[int, ...] = (0,), out: Path | None = None,
-                  progress: bool = True, **overrides: Any) -> Path:
-    """Pretrain esm-tiny by masked LM and save it; returns the folder."""
+def pretrain_tiny(corpus: PretrainCorpus, out: Path | None = None, progress: bool = True,
+                  **overrides: Any) -> Path:
+    """Pretrain esm-tiny by masked LM on `corpus` and save it; returns the folder."""
     from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
     from smcbench.training import TrainConfig, train
 
     settings = {**PRETRAIN_DEFAULTS, **overrides}
-    out = out or tiny_folder(exclude_folds)
-    sequences, held_out = corpus(data_dir, exclude_folds)
+    out = out or tiny_folder(corpus.name)
+    sequences = corpus.sequences
+    if not sequences:
+        raise SmcBenchError(f"{TINY_NAME}: the pretraining corpus {corpus.name!r} is empty")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".esm-tiny."))  # renamed into place when complete
     try:
@@ -124,9 +149,8 @@ def pretrain_tiny(data_dir: Path, exclude_folds: tuple[int, ...] = (0,), out: Pa
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps({
             "model": TINY_NAME, "objective": "masked LM (15 %: 80 % mask, 10 % random, 10 % kept)",
-            "corpus": "HotProtein HP-S2C2 + HP-S2C5 sequences (every fold, train and test splits), minus the test "
-                      "sequences of the held-out folds; duplicates once",
-            "held_out_folds": list(exclude_folds), "held_out_sequences": sorted(held_out),
+            "corpus": corpus.description, "corpus_name": corpus.name,
+            "held_out_folds": list(corpus.held_out_folds), "held_out_sequences": sorted(corpus.held_out),
             "corpus_sequences": len(sequences), "settings": settings, "mlm_loss_by_step": log.losses,
             "seconds": time.perf_counter() - start, "shape": TINY_SHAPE}, indent=1))
         if out.exists():
@@ -151,33 +175,35 @@ class _LossLog(Callback):
             state.model.train()
 
 
-def check_held_out(folder: Path, test_sequences: list[str], fold: int | None) -> None:
-    """Refuse to evaluate on sequences the model was pretrained on."""
+def check_held_out(folder: Path, test_sequences: list[str], what: str, remedy: str) -> None:
+    """Refuse to evaluate on sequences the model may have been pretrained on: every test sequence must be one the
+    pretraining held out. `what` names the evaluation split, `remedy` how to get a model that held it out."""
     record = folder / RECORD
     if not record.is_file():
         return  # not pretrained by smc-bench: its provenance is the hub id or folder
     held_out = set(json.loads(record.read_text())["held_out_sequences"])
     leaked = [s for s in test_sequences if sequence_key(s) not in held_out]
     if leaked:
-        raise SmcBenchError(f"{folder}: this model was pretrained on {len(leaked)} test sequence(s) of fold {fold}; "
-                            f"pretrain one that holds fold {fold} out (smc-bench pretrain esm-tiny --exclude-folds "
-                            f"{fold})")
+        raise SmcBenchError(f"{folder}: this model was pretrained on {len(leaked)} test sequence(s) of {what}; "
+                            f"{remedy}")
 
 
-def ensure_tiny(data_dir: Path, exclude_folds: tuple[int, ...]) -> Path:
-    """The cached esm-tiny that holds `exclude_folds` out, pretrained first if missing (one process at a time)."""
+def ensure_tiny(corpus_name: str, build_corpus: Callable[[], PretrainCorpus]) -> Path:
+    """The cached esm-tiny pretrained on the corpus `corpus_name`, pretrained first if missing (one process at a
+    time; `build_corpus` reads the data only then)."""
     import fcntl
 
-    folder = tiny_folder(exclude_folds)
+    folder = tiny_folder(corpus_name)
     if (folder / RECORD).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits, then finds it
         if not (folder / RECORD).is_file():
-            print(f"pretraining {TINY_NAME} (folds {list(exclude_folds)} held out) into {folder}: once, a few minutes",
-                  flush=True)
-            pretrain_tiny(data_dir, exclude_folds, folder, progress=False)
+            corpus = build_corpus()
+            print(f"pretraining {TINY_NAME} on {corpus.name} ({len(corpus.sequences)} sequences) into {folder}: "
+                  "once, a few minutes", flush=True)
+            pretrain_tiny(corpus, folder, progress=False)
     return folder
 
 

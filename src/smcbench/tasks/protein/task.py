@@ -1,4 +1,5 @@
-"""Protein thermostability classification: HP-S2C2 (hot vs other) and HP-S2C5 (five classes), 10 folds each.
+"""Protein thermostability classification: HP-S2C2 (hot vs other) and HP-S2C5 (five classes), 10 folds each; HP-S
+(five classes, one split); Meltome (FLIP splits, classes by melting temperature).
 
 `--model`: a folder or hub id of an ESM model in `transformers` format (facebook/esm1b_t33_650M_UR50S as the paper,
 any ESM-2), a TAPE transformer folder (tasks.protein.tape), or `esm-tiny`. Per-residue features are mean-pooled
@@ -9,23 +10,45 @@ Metric: accuracy; macro-F1 beside it. Model selection on a validation split carv
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
+from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.settings import Settings
-from smcbench.tasks.protein.data import S2C2_FOLDS, S2C5_FOLDS, Protein, read_s2c2, read_s2c5
+from smcbench.tasks.protein.data import (
+    HP_S_CLASSES,
+    MELTOME_SPLITS,
+    S2C2_FOLDS,
+    S2C5_CLASSES,
+    S2C5_FOLDS,
+    Protein,
+    meltome_classes,
+    meltome_label,
+    read_hp_s,
+    read_meltome,
+    read_s2c2,
+    read_s2c5,
+)
 from smcbench.tasks.protein.model import MeanPooledClassifier
-from smcbench.tasks.protein.pretrain import TINY_NAME, check_held_out, ensure_tiny, model_provenance
+from smcbench.tasks.protein.pretrain import (
+    TINY_NAME,
+    PretrainCorpus,
+    check_held_out,
+    ensure_tiny,
+    hotprotein_corpus,
+    model_provenance,
+)
 from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
 from smcbench.training import batched_outputs
 
@@ -33,6 +56,29 @@ from smcbench.training import batched_outputs
 class ProteinOptions(Settings):
     max_residues: int | None = Field(None, ge=8, description="Cut longer sequences to this many residues "
                                      "(default: the model's maximum, ESM-1b 1,022).")
+
+
+class MeltomeOptions(ProteinOptions):
+    split: Literal[MELTOME_SPLITS] = Field("mixed", description="FLIP's Meltome split: mixed (FLIP's "
+                                           "recommended), full or clustered.")
+    tm_thresholds: tuple[float, ...] | None = Field(
+        None, description="Class boundaries in °C, comma-separated (k boundaries: k + 1 classes; a temperature at "
+        "a boundary goes to the hotter class). Default: the training split's median (two balanced classes); the "
+        "paper's own boundaries are not stated in the sources here.")
+
+    @field_validator("tm_thresholds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(v) for v in value.split(",") if v.strip()) or None
+        return value
+
+    @field_validator("tm_thresholds")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and list(value) != sorted(set(value)):
+            raise ValueError("boundaries must be distinct and increasing")
+        return value
 
 
 @dataclass
@@ -54,20 +100,43 @@ def macro_f1(predicted: Sequence[int], gold: Sequence[int], classes: int) -> flo
 
 
 class ProteinRun(TaskRun):
-    def __init__(self, spec: TaskSpec, name: str, read: Callable[[Path, int, str], list[Protein]],
-                 classes: int) -> None:
+    """One protein dataset: a subclass says how to read its training and test proteins and what esm-tiny is
+    pretrained on for it; encoding, pooling, training defaults and metrics are shared."""
+
+    classes: int
+    paper_batch = 3  # the paper's ESM batch: 3 on HotProtein, 2 on Meltome
+
+    def __init__(self, spec: TaskSpec, name: str) -> None:
         super().__init__(spec)
         self.name = name
-        self.read = read
-        self.classes = classes
-        self.metric = Metric("accuracy", chance=1.0 / classes, secondary=("macro_f1",))
+        self.metric = Metric("accuracy", chance=1.0 / self.classes, secondary=("macro_f1",))
+
+    def read(self, split: str) -> list[Protein]:
+        """The labelled proteins of `split` (train or test)."""
+        raise NotImplementedError
+
+    def training_and_validation(self) -> tuple[list[Protein], list[Protein]]:
+        """(training pool, validation for model selection), both from the training data."""
+        return self.split_training(self.read("train"))
+
+    def tiny_corpus(self, exclude_folds: tuple[int, ...] | None = None) -> PretrainCorpus:
+        """What esm-tiny is pretrained on for this task: never a sequence of the evaluation split."""
+        raise NotImplementedError
+
+    def tiny_corpus_name(self) -> str:
+        raise NotImplementedError
+
+    def held_out_remedy(self) -> tuple[str, str]:
+        """(the evaluation split's name, how to get a model that held it out), for the leak check's error."""
+        return f"{self.name}'s test split", f"pretrain on its training split ({self.tiny_corpus_name()})"
 
     @cached_property
     def model_path(self) -> str:
-        """The model's folder or hub id; `esm-tiny` is pretrained here (once, cached) with this fold held out."""
+        """The model's folder or hub id; `esm-tiny` is pretrained here (once, cached) with the evaluation split
+        held out."""
         if self.spec.model != TINY_NAME:
             return self.spec.model
-        return str(ensure_tiny(self.data_dir, (self.spec.fold,)))
+        return str(ensure_tiny(self.tiny_corpus_name(), self.tiny_corpus))
 
     @cached_property
     def tokenizer(self):
@@ -98,10 +167,10 @@ class ProteinRun(TaskRun):
 
     @cached_property
     def _splits(self) -> tuple[list[Features], list[Features], list[Features]]:
-        pool, val = self.split_training(self.read(self.data_dir, self.spec.fold, "train"))
-        test = self.read(self.data_dir, self.spec.fold, "test")
+        pool, val = self.training_and_validation()
+        test = self.read("test")
         if Path(self.model_path).is_dir():
-            check_held_out(Path(self.model_path), [p.sequence for p in test], self.spec.fold)
+            check_held_out(Path(self.model_path), [p.sequence for p in test], *self.held_out_remedy())
         if self.spec.eval_size is not None:
             test = test[: self.spec.eval_size]
         return self._encode(pool), self._encode(val), self._encode(test)
@@ -136,13 +205,26 @@ class ProteinRun(TaskRun):
     def method_defaults(self) -> dict[str, Any]:
         return {"preset": "esm"}  # the paper prunes only ESM's attention and feed-forward Linear layers
 
+    def _model_type(self) -> str:
+        """esm or bert (TAPE), without building esm-tiny or asking the hub where the name already says it (a dry
+        run of the paper's grid works offline)."""
+        if self.spec.model == TINY_NAME:
+            return "esm"
+        config = Path(self.spec.model) / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text()).get("model_type", "")
+        if "esm" in self.spec.model.lower():
+            return "esm"
+        return self._config().model_type
+
     def train_defaults(self) -> dict[str, Any]:
-        if self._config().model_type == "bert":  # TAPE's setting: 4 epochs, lr 1e-4, linear decay, 100 warmup steps
-            return {"lr": 1e-4, "schedule": "linear", "warmup_steps": 100, "epochs": 4.0, "batch_size": 3,
+        if self._model_type() == "bert":  # TAPE's setting: 4 epochs, lr 1e-4, linear decay, 100 warmup steps
+            return {"lr": 1e-4, "schedule": "linear", "warmup_steps": 100, "epochs": 4.0,
+                    "batch_size": self.paper_batch,
                     "eval_epochs": 1.0}
-        # The paper's ESM-1b setting: backbone lr 1e-6, head lr 2e-2, OneCycle for both, batch 3 (HP-S).
+        # The paper's ESM-1b setting: backbone lr 1e-6, head lr 2e-2, OneCycle for both, batch 3 (HP-S) / 2.
         return {"lr": 2e-2, "lr_groups": ((r"^backbone\.", 1e-6),), "schedule": "one_cycle", "warmup_ratio": 0.3,
-                "batch_size": 3, "epochs": 10.0, "eval_epochs": 1.0}
+                "batch_size": self.paper_batch, "epochs": 10.0, "eval_epochs": 1.0}
 
     def _predict(self, model: nn.Module, features: list[Features]) -> list[int]:
         def step(m: nn.Module, batch: dict[str, torch.Tensor]) -> list[int]:
@@ -165,12 +247,117 @@ class ProteinRun(TaskRun):
                 "cut_train_sequences": sum(f.cut for f in self._splits[0])}
 
 
+class HotProteinFoldRun(ProteinRun):
+    """HP-S2C2 / HP-S2C5: 10 folds; esm-tiny is pretrained on all HotProtein sequences except the fold's test."""
+
+    def __init__(self, spec: TaskSpec, name: str, reader: Callable[[Path, int, str], list[Protein]],
+                 classes: int) -> None:
+        self.reader, self.classes = reader, classes
+        super().__init__(spec, name)
+
+    def read(self, split: str) -> list[Protein]:
+        return self.reader(self.data_dir, self.spec.fold, split)
+
+    def tiny_corpus(self, exclude_folds: tuple[int, ...] | None = None) -> PretrainCorpus:
+        return hotprotein_corpus(self.data_dir, exclude_folds or (self.spec.fold,))
+
+    def tiny_corpus_name(self) -> str:
+        return f"heldout-{self.spec.fold}"
+
+    def held_out_remedy(self) -> tuple[str, str]:
+        k = self.spec.fold
+        return f"fold {k}", f"pretrain one that holds fold {k} out (smc-bench pretrain esm-tiny --exclude-folds {k})"
+
+
 @register_task("protein/hp-s2c2", default_model="esm-tiny", folds=S2C2_FOLDS, options=ProteinOptions)
 def hp_s2c2(spec: TaskSpec) -> TaskRun:
-    return ProteinRun(spec, "protein/hp-s2c2", read_s2c2, classes=2)
+    return HotProteinFoldRun(spec, "protein/hp-s2c2", read_s2c2, classes=2)
+
+
+class HpS2C5Run(HotProteinFoldRun):
+    def data_provenance(self) -> dict[str, Any]:
+        return {"classes": {str(t): c for t, c in S2C5_CLASSES.items()},
+                "notes": ["HP-S2C5's five classes group its seven growth temperatures as {2.5}, {8, 15}, {27.5}, "
+                          "{72.5}, {39, 80} °C: inferred from the paper's class counts, not stated by the source."]}
 
 
 @register_task("protein/hp-s2c5", default_model="esm-tiny", folds=S2C5_FOLDS, options=ProteinOptions)
 def hp_s2c5(spec: TaskSpec) -> TaskRun:
-    # Five classes grouped from seven growth temperatures: the grouping is inferred (see data.S2C5_CLASSES).
-    return ProteinRun(spec, "protein/hp-s2c5", read_s2c5, classes=5)
+    return HpS2C5Run(spec, "protein/hp-s2c5", read_s2c5, classes=5)
+
+
+class SingleSplitRun(ProteinRun):
+    """A dataset with one fixed train/test split: esm-tiny is pretrained on its training split only."""
+
+    def tiny_corpus(self, exclude_folds: tuple[int, ...] | None = None) -> PretrainCorpus:
+        if exclude_folds:
+            raise SmcBenchError(f"{self.name} has no folds: its esm-tiny holds the test split out")
+        return PretrainCorpus.build(self.tiny_corpus_name(), f"{self.name}: the training split only (train and "
+                                    "validation rows), never the test split; duplicates once",
+                                    (p.sequence for p in self.read("train")),
+                                    (p.sequence for p in self.read("test")))
+
+
+class HpSRun(SingleSplitRun):
+    classes = HP_S_CLASSES
+
+    def read(self, split: str) -> list[Protein]:
+        return read_hp_s(self.data_dir, split)
+
+    def tiny_corpus_name(self) -> str:
+        return "hp-s"
+
+
+@register_task("protein/hp-s", default_model="esm-tiny", options=ProteinOptions)
+def hp_s(spec: TaskSpec) -> TaskRun:
+    return HpSRun(spec, "protein/hp-s")
+
+
+class MeltomeRun(SingleSplitRun):
+    """FLIP's Meltome split, classified by melting temperature; validation = FLIP's validation rows."""
+
+    paper_batch = 2
+
+    def __init__(self, spec: TaskSpec, name: str) -> None:
+        self.spec = spec  # the class count depends on the options, read before the metric is built
+        self.options = MeltomeOptions(**spec.options)
+        self.classes = len(self.options.tm_thresholds or (0.0,)) + 1
+        super().__init__(spec, name)
+
+    @cached_property
+    def _rows(self) -> dict[str, list]:
+        return {part: read_meltome(self.data_dir, self.options.split, part) for part in ("train", "test")}
+
+    @cached_property
+    def boundaries(self) -> tuple[float, ...]:
+        return meltome_classes(self._rows["train"], self.options.tm_thresholds)
+
+    def read(self, split: str) -> list[Protein]:
+        return [Protein(f"{split}{i}", r.sequence, meltome_label(r.melting_c, self.boundaries))
+                for i, r in enumerate(self._rows[split])]
+
+    def training_and_validation(self) -> tuple[list[Protein], list[Protein]]:
+        """FLIP marks the training rows meant for model selection; without such rows, carve as other tasks do."""
+        rows = self.read("train")
+        flagged = [p for p, r in zip(rows, self._rows["train"], strict=True) if r.validation]
+        if not flagged:
+            return self.split_training(rows)
+        pool = [p for p, r in zip(rows, self._rows["train"], strict=True) if not r.validation]
+        if self.spec.train_size is not None:
+            pool = pool[: self.spec.train_size]
+        return pool, flagged[: self.spec.val_size]
+
+    def tiny_corpus_name(self) -> str:
+        return f"meltome-{self.options.split}"
+
+    def data_provenance(self) -> dict[str, Any]:
+        at = ", ".join(f"{b:g}" for b in self.boundaries)
+        why = ("given" if self.options.tm_thresholds is not None
+               else "the training median: the paper states no boundaries in the sources here")
+        return {"split": self.options.split, "class_boundaries_c": list(self.boundaries),
+                "notes": [f"Meltome classes by melting temperature at {at} °C ({why})."]}
+
+
+@register_task("protein/meltome", default_model="esm-tiny", options=MeltomeOptions)
+def meltome(spec: TaskSpec) -> TaskRun:
+    return MeltomeRun(spec, "protein/meltome")
