@@ -307,42 +307,39 @@ def report(
 
 @app.command()
 def pretrain(
-    model: str = typer.Argument(..., help="esm-tiny (the only model smc-bench pretrains itself so far)."),
-    task: str = typer.Option("protein/hp-s2c2", help="The task it is for: HP-S2C2 / HP-S2C5 pretrain on all "
-                             "HotProtein sequences but the held-out folds' tests; HP-S and Meltome on their training "
-                             "split."),
-    exclude_folds: str | None = typer.Option(None, help="HotProtein folds whose test sequences stay out of the corpus "
-                                             "(comma-separated, default 0); a run on fold K needs a model that held "
-                                             "fold K out."),
-    steps: int = typer.Option(1500, min=0, help="Optimizer updates of masked-LM training (0: save the random "
-                              "initialisation, the control that shows what pretraining adds)."),
-    max_residues: int = typer.Option(256, min=8, help="Residues per training sequence (longer ones are cut)."),
-    data_dir: str | None = typer.Option(None, help="Folder holding protein/ (default: ../shared/data)."),
+    model: str = typer.Argument(..., help="The model to pretrain: esm-tiny (protein) or mbart-tiny (translation)."),
+    task: str | None = typer.Option(None, help="esm-tiny: the task it is for (default protein/hp-s2c2). HP-S2C2 / "
+                                    "HP-S2C5 pretrain on all HotProtein sequences but the held-out folds' tests; HP-S "
+                                    "and Meltome on their training split."),
+    exclude_folds: str | None = typer.Option(None, help="esm-tiny: HotProtein folds whose test sequences stay out of "
+                                             "the corpus (comma-separated, default 0); a run on fold K needs a model "
+                                             "that held fold K out."),
+    steps: int | None = typer.Option(None, min=0, help="Optimizer updates (default: the model's; 0 saves the random "
+                                     "initialisation, the control that shows what pretraining adds)."),
+    max_length: int | None = typer.Option(None, min=8, help="Tokens (residues) per training sequence (default: the "
+                                          "model's)."),
+    data_dir: str | None = typer.Option(None, help="Data folder (default: ../shared/data)."),
     option: list[str] | None = typer.Option(None, help="The task's own option, KEY=VALUE (repeatable), e.g. "
                                             "split=mixed for Meltome."),
-    out: Path | None = typer.Option(None, help="Where to save it (default: the cache that --model esm-tiny reads)."),
+    out: Path | None = typer.Option(None, help="Where to save it (default: the cache that --model NAME reads)."),
 ) -> None:
     """Pretrain a small model of a paper architecture on offline text, never on evaluation data."""
-    from smcbench.tasks import TaskSpec, get_task
-    from smcbench.tasks.protein.pretrain import TINY_NAME, pretrain_tiny
-    from smcbench.tasks.protein.task import ProteinRun
-    from smcbench.tasks.registry import resolve_spec
+    from smcbench.pretraining import PRETRAINERS, PretrainRequest
+    from smcbench.tasks import known_tasks
+    from smcbench.tasks.registry import default_data_dir
 
-    if model != TINY_NAME:
-        fail(f"cannot pretrain {model!r}: smc-bench pretrains {TINY_NAME}")
+    known_tasks()  # the families register their pretrainable models
+    if model not in PRETRAINERS:
+        fail(f"cannot pretrain {model!r}: smc-bench pretrains {', '.join(sorted(PRETRAINERS))}")
     folds = None
     if exclude_folds is not None:
         try:
             folds = tuple(sorted({int(k) for k in exclude_folds.split(",") if k.strip()}))
         except ValueError:
             fail(f"--exclude-folds {exclude_folds!r}: give fold numbers like 0 or 0,1")
-        if not folds or any(not 0 <= k < 10 for k in folds):
-            fail(f"--exclude-folds {exclude_folds!r}: HotProtein folds are 0..9")
-    run = get_task(resolve_spec(TaskSpec(task, TINY_NAME, data_dir, options=parse_options(option))))
-    if not isinstance(run, ProteinRun):
-        fail(f"--task {task!r}: {TINY_NAME} is pretrained for the protein tasks")
-    folder = pretrain_tiny(run.tiny_corpus(folds), out, steps=steps, max_residues=max_residues)
-    typer.echo(f"{TINY_NAME}: {folder}")
+    request = PretrainRequest(Path(data_dir) if data_dir else default_data_dir(), out, steps, max_length, task,
+                              folds, parse_options(option))
+    typer.echo(f"{model}: {PRETRAINERS[model](request)}")
 
 
 @app.command("convert-tape")

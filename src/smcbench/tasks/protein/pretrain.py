@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,9 +22,9 @@ from typing import Any
 import torch
 
 from smcbench.errors import SmcBenchError
+from smcbench.pretraining import LossCurve, cache_dir, ensure_built, write_folder
 from smcbench.tasks.protein.data import S2C2_FOLDS, S2C5_FOLDS, read_s2c2, read_s2c5
 from smcbench.tasks.protein.model import write_esm_vocab
-from smcbench.training import Callback, LoopState
 
 TINY_NAME = "esm-tiny"
 RECORD = "smcbench_pretraining.json"
@@ -37,10 +34,6 @@ TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads":
 # Sized for a laptop CPU: about 0.75 s an update on this 2-core machine (1,500 updates of 16 x 256 residues:
 # ~19 minutes alone; 1,794 s measured with other work beside it).
 PRETRAIN_DEFAULTS = {"steps": 1500, "batch_size": 16, "max_residues": 256, "lr": 1e-3, "seed": 0}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SMCBENCH_CACHE", Path.home() / ".cache" / "smcbench"))
 
 
 def sequence_key(sequence: str) -> str:
@@ -114,9 +107,8 @@ def pretrain_tiny(corpus: PretrainCorpus, out: Path | None = None, progress: boo
     sequences = corpus.sequences
     if not sequences:
         raise SmcBenchError(f"{TINY_NAME}: the pretraining corpus {corpus.name!r} is empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".esm-tiny."))  # renamed into place when complete
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer = EsmTokenizer(str(write_esm_vocab(tmp)))
         config = EsmConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                            mask_token_id=tokenizer.mask_token_id, position_embedding_type="rotary",
@@ -140,7 +132,7 @@ def pretrain_tiny(corpus: PretrainCorpus, out: Path | None = None, progress: boo
         cfg = TrainConfig(lr=settings["lr"], batch_size=settings["batch_size"], max_steps=max(1, settings["steps"]),
                           warmup_ratio=0.05, weight_decay=0.01, seed=settings["seed"])
         torch.manual_seed(settings["seed"] + 1)
-        log = _LossLog(collate(encoded[:64]), every=max(1, settings["steps"] // 10))  # one fixed masked batch
+        log = LossCurve(collate(encoded[:64]), every=max(1, settings["steps"] // 10))  # one fixed masked batch
         start = time.perf_counter()
         if settings["steps"]:  # 0: keep the random initialisation (the control for "pretraining helps")
             train(model, encoded, collate, cfg, lengths=[len(e) for e in encoded], callbacks=[log],
@@ -153,26 +145,8 @@ def pretrain_tiny(corpus: PretrainCorpus, out: Path | None = None, progress: boo
             "held_out_folds": list(corpus.held_out_folds), "held_out_sequences": sorted(corpus.held_out),
             "corpus_sequences": len(sequences), "settings": settings, "mlm_loss_by_step": log.losses,
             "seconds": time.perf_counter() - start, "shape": TINY_SHAPE}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
-
-class _LossLog(Callback):
-    """The masked-LM loss on one fixed batch every `every` updates: the pretraining curve in the record."""
-
-    def __init__(self, batch: dict[str, torch.Tensor], every: int) -> None:
-        self.batch, self.every, self.losses = batch, every, {}
-
-    def on_step_end(self, state: LoopState) -> None:
-        if state.step % self.every == 0 or state.step == state.total_steps:
-            state.model.eval()
-            with torch.no_grad():
-                self.losses[state.step] = float(state.model(**self.batch).loss)
-            state.model.train()
+    return write_folder(out, fill)
 
 
 def check_held_out(folder: Path, test_sequences: list[str], what: str, remedy: str) -> None:
@@ -191,20 +165,10 @@ def check_held_out(folder: Path, test_sequences: list[str], what: str, remedy: s
 def ensure_tiny(corpus_name: str, build_corpus: Callable[[], PretrainCorpus]) -> Path:
     """The cached esm-tiny pretrained on the corpus `corpus_name`, pretrained first if missing (one process at a
     time; `build_corpus` reads the data only then)."""
-    import fcntl
-
-    folder = tiny_folder(corpus_name)
-    if (folder / RECORD).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits, then finds it
-        if not (folder / RECORD).is_file():
-            corpus = build_corpus()
-            print(f"pretraining {TINY_NAME} on {corpus.name} ({len(corpus.sequences)} sequences) into {folder}: "
-                  "once, a few minutes", flush=True)
-            pretrain_tiny(corpus, folder, progress=False)
-    return folder
+    return ensure_built(tiny_folder(corpus_name), RECORD,
+                        lambda folder: pretrain_tiny(build_corpus(), folder, progress=False),
+                        f"pretraining {TINY_NAME} on {corpus_name} into {tiny_folder(corpus_name)}: once, a few "
+                        "minutes")
 
 
 def model_provenance(folder: Path) -> dict[str, Any]:

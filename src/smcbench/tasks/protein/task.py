@@ -25,6 +25,7 @@ from torch import nn
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
+from smcbench.pretraining import PretrainRequest, register_pretrainer
 from smcbench.settings import Settings
 from smcbench.tasks.protein.data import (
     HP_S_CLASSES,
@@ -361,3 +362,20 @@ class MeltomeRun(SingleSplitRun):
 @register_task("protein/meltome", default_model="esm-tiny", options=MeltomeOptions)
 def meltome(spec: TaskSpec) -> TaskRun:
     return MeltomeRun(spec, "protein/meltome")
+
+
+@register_pretrainer(TINY_NAME)
+def pretrain_esm_tiny(request: PretrainRequest) -> Path:
+    """`smc-bench pretrain esm-tiny`: the corpus of the chosen protein task (HP-S2C2 by default)."""
+    from smcbench.tasks.protein.pretrain import pretrain_tiny
+    from smcbench.tasks.registry import get_task, resolve_spec
+
+    folds = request.exclude_folds
+    if folds is not None and (not folds or any(not 0 <= k < S2C2_FOLDS for k in folds)):
+        raise SmcBenchError(f"--exclude-folds {list(folds)}: HotProtein folds are 0..{S2C2_FOLDS - 1}")
+    run = get_task(resolve_spec(TaskSpec(request.task or "protein/hp-s2c2", TINY_NAME, str(request.data_dir),
+                                         options=request.options)))
+    if not isinstance(run, ProteinRun):
+        raise SmcBenchError(f"--task {request.task!r}: {TINY_NAME} is pretrained for the protein tasks")
+    settings = {k: v for k, v in (("steps", request.steps), ("max_residues", request.max_length)) if v is not None}
+    return pretrain_tiny(run.tiny_corpus(folds), request.out, **settings)

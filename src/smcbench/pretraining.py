@@ -1,0 +1,90 @@
+"""What the self-pretrained models share (esm-tiny, mbart-tiny): the cache they live in, a folder that appears
+complete or not at all, one process building a missing model while the others wait for it, and a registry that
+`smc-bench pretrain NAME` dispatches through (a family registers its model; the CLI knows none of them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smcbench.training import Callback, LoopState
+
+
+@dataclass(frozen=True)
+class PretrainRequest:
+    """What `smc-bench pretrain` was asked; a pretrainer refuses the fields it has no use for."""
+
+    data_dir: Path
+    out: Path | None = None
+    steps: int | None = None  # None: the model's default
+    max_length: int | None = None  # tokens (residues) per training sequence; None: the model's default
+    task: str | None = None  # the task the model is for, where its corpus depends on it
+    exclude_folds: tuple[int, ...] | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+PRETRAINERS: dict[str, Callable[[PretrainRequest], Path]] = {}
+
+
+def register_pretrainer(name: str) -> Callable[[Callable[[PretrainRequest], Path]], Callable[[PretrainRequest], Path]]:
+    def add(fn: Callable[[PretrainRequest], Path]) -> Callable[[PretrainRequest], Path]:
+        PRETRAINERS[name] = fn
+        return fn
+
+    return add
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SMCBENCH_CACHE", Path.home() / ".cache" / "smcbench"))
+
+
+def write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill(tmp)` writes the model into a hidden sibling of `out`, renamed into place once complete: a killed
+    build leaves no half-written model behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_built(folder: Path, marker: str, build: Callable[[Path], object], announce: str) -> Path:
+    """`folder` once it holds `marker`; if it does not, `build(folder)` makes it, under a lock so that concurrent
+    workers build it once (the others wait, then find it)."""
+    import fcntl
+
+    if (folder / marker).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / marker).is_file():
+            print(announce, flush=True)
+            build(folder)
+    return folder
+
+
+class LossCurve(Callback):
+    """The pretraining loss on one fixed batch every `every` updates: the curve a model's record keeps."""
+
+    def __init__(self, batch: dict[str, Any], every: int) -> None:
+        self.batch, self.every, self.losses = batch, every, {}
+
+    def on_step_end(self, state: LoopState) -> None:
+        if state.step % self.every == 0 or state.step == state.total_steps:
+            state.model.eval()
+            with torch.no_grad():
+                self.losses[state.step] = float(state.model(**self.batch).loss)
+            state.model.train()
