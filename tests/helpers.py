@@ -221,3 +221,72 @@ def make_tiny_esm(path, num_labels=None):
     EsmModel(config, add_pooling_layer=False).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+TRANSLATION_WORDS = ("red", "blue", "cat", "dog", "runs", "sleeps", "big", "small", "a", "the", "house", "tree")
+
+
+def synthetic_translation(lang, sentence):
+    """The fixture's 'translation' of an English sentence into `lang`: each word spelled backwards with the
+    language code appended (learnable by a tiny model; different for every language)."""
+    return " ".join(w[::-1] + lang for w in sentence.split())
+
+
+def make_translation_data(root, train=60, dev=8, flores=6, seed=0):
+    """The translation layout of the data README, in its public formats (line-aligned text), with synthetic
+    sentences: train/<xx>-en/{train,dev}.{xx,en} (no dev for gu), Tatoeba eng-rus, FLORES-200 devtest for all
+    eleven languages."""
+    import random
+
+    from smcbench.tasks.translation.languages import ALL, LANGUAGES
+
+    rng = random.Random(seed)
+
+    def sentences(n):
+        return [" ".join(rng.choice(TRANSLATION_WORDS) for _ in range(rng.randint(3, 6))) for _ in range(n)]
+
+    folder = root / "translation"
+    for lang in LANGUAGES:
+        if lang == "ru":
+            continue
+        pair = folder / "train" / f"{lang}-en"
+        pair.mkdir(parents=True, exist_ok=True)
+        for part, n in (("train", train), ("dev", dev)):
+            if part == "dev" and lang == "gu":
+                continue
+            en = sentences(n)
+            (pair / f"{part}.en").write_text("\n".join(en) + "\n")
+            (pair / f"{part}.{lang}").write_text("\n".join(synthetic_translation(lang, s) for s in en) + "\n")
+    tatoeba = folder / "tatoeba" / "eng-rus"
+    tatoeba.mkdir(parents=True, exist_ok=True)
+    en = sentences(train + dev)
+    (tatoeba / "tatoeba-test-v2021-08-07.eng").write_text("\n".join(en) + "\n")
+    (tatoeba / "tatoeba-test-v2021-08-07.rus").write_text("\n".join(synthetic_translation("ru", s) for s in en) + "\n")
+    devtest = folder / "flores200_devtest"
+    devtest.mkdir(parents=True, exist_ok=True)
+    en = sentences(flores)
+    for lang, spec in ALL.items():
+        text = en if lang == "en" else [synthetic_translation(lang, s) for s in en]
+        (devtest / f"{spec.flores}.devtest").write_text("\n".join(text) + "\n")
+    return root
+
+
+def make_tiny_mbart(path, texts, d_model=32, layers=1):
+    """A random-init mBART-shaped model with a SentencePiece vocabulary trained on `texts`, saved as a folder."""
+    import torch
+    from transformers import MBartConfig, MBartForConditionalGeneration
+
+    from smcbench.tasks.translation.pretrain import build_tokenizer, train_vocabulary
+
+    _, pieces = train_vocabulary(list(texts), vocab_size=200, seed=0)
+    tokenizer = build_tokenizer(pieces)
+    torch.manual_seed(0)
+    eos = tokenizer.eos_token_id
+    config = MBartConfig(vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * d_model,
+                         decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, decoder_start_token_id=eos,
+                         forced_eos_token_id=eos, scale_embedding=True, dropout=0.0)
+    MBartForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

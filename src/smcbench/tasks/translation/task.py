@@ -1,0 +1,200 @@
+"""Many-to-many translation through English, as SMC-Bench (after Tang et al. 2020): fine-tune mBART on both directions
+of 2 (Fr, Cs), 5 (+ De, Gu, Ja) or 10 (+ My, Ro, Ru, Vi, Zh) language pairs; evaluate always on both directions of
+all ten languages (20 directions) on FLORES-200 devtest. Metric: BLEU averaged over the 20 directions (sacrebleu,
+each target language with its tokenizer: languages.py); chrF++ beside it; every direction's scores in the result.
+
+`--model`: `mbart-tiny` (default, pretrained here by denoising: pretrain.py), `facebook/mbart-large-cc25` (the
+paper's), any mBART hub id or folder. Data fields: `train_size` caps the sentence pairs per language (each gives
+both directions), `val_size` is the number of validation sentences in all, spread over the training directions and
+taken from the training sets' dev files (never FLORES-200), `eval_size` caps the FLORES-200 sentences per direction,
+`max_length` the tokens per sentence (source and target, and the generation limit).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from smcbench.metrics import Metric
+from smcbench.models import load_pretrained, load_tokenizer
+from smcbench.settings import Settings
+from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
+from smcbench.tasks.translation.bleu import corpus_score
+from smcbench.tasks.translation.data import Pair, flores_pairs, parallel
+from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, MIXES, direction_name
+from smcbench.tasks.translation.pretrain import TINY_NAME, ensure_tiny
+from smcbench.training import batched_outputs
+
+
+class TranslationOptions(Settings):
+    beam: int = Field(4, ge=1, description="Beam size of generation (validation and evaluation).")
+
+
+@dataclass(frozen=True)
+class Example:
+    src: str  # language codes (fr, en, ...)
+    tgt: str
+    source_ids: list[int]
+    target_ids: list[int]
+    reference: str  # the target sentence, for BLEU
+
+
+class TranslationRun(TaskRun):
+    metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf",))
+
+    def __init__(self, spec: TaskSpec, name: str, mix: str) -> None:
+        super().__init__(spec)
+        self.name, self.mix = name, mix
+        self.languages = MIXES[mix]
+
+    @cached_property
+    def model_path(self) -> str:
+        return str(ensure_tiny(self.data_dir)) if self.spec.model == TINY_NAME else self.spec.model
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.model_path)
+
+    def lang_id(self, lang: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(ALL[lang].mbart)
+
+    def _examples(self, pairs: Sequence[Pair], lang: str, directions: Sequence[tuple[str, str]]) -> list[Example]:
+        """Both sides tokenized once; one example per pair and direction."""
+        cut = self.spec.max_length - 2  # room for </s> and the language token
+        xx = self.tokenizer([p.xx for p in pairs], add_special_tokens=False)["input_ids"]
+        en = self.tokenizer([p.en for p in pairs], add_special_tokens=False)["input_ids"]
+        out = []
+        for (src, tgt) in directions:
+            for p, a, b in zip(pairs, xx, en, strict=True):
+                if src == lang:
+                    out.append(Example(src, tgt, a[:cut], b[:cut], p.en))
+                else:
+                    out.append(Example(src, tgt, b[:cut], a[:cut], p.xx))
+        return out
+
+    @cached_property
+    def _train(self) -> list[Example]:
+        out = []
+        for lang in self.languages:
+            train, _ = parallel(self.data_dir, lang)
+            if self.spec.train_size is not None:
+                train = train[: self.spec.train_size]
+            out += self._examples(train, lang, [(lang, "en"), ("en", lang)])
+        return out
+
+    @cached_property
+    def _validation(self) -> dict[tuple[str, str], list[Example]]:
+        per_direction = max(1, self.spec.val_size // (2 * len(self.languages)))
+        out = {}
+        for lang in self.languages:
+            _, dev = parallel(self.data_dir, lang)
+            for direction in ((lang, "en"), ("en", lang)):
+                out[direction] = self._examples(dev[:per_direction], lang, [direction])
+        return out
+
+    @cached_property
+    def _test(self) -> dict[tuple[str, str], list[Example]]:
+        out = {}
+        for src, tgt in EVAL_DIRECTIONS:
+            lang = tgt if src == "en" else src
+            pairs = flores_pairs(self.data_dir, lang)
+            if self.spec.eval_size is not None:
+                pairs = pairs[: self.spec.eval_size]
+            out[(src, tgt)] = self._examples(pairs, lang, [(src, tgt)])
+        return out
+
+    def train_examples(self) -> tuple[Sequence[Example], list[int]]:
+        return self._train, [len(e.source_ids) + len(e.target_ids) for e in self._train]
+
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """mBART's format: source `X </s> <src>`, target `Y </s> <tgt>`; the model shifts the target into decoder
+        inputs `<tgt> Y </s>` itself. Padded to the batch's longest; padded labels are -100 (no loss)."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        sources = [e.source_ids + [eos, self.lang_id(e.src)] for e in examples]
+        targets = [e.target_ids + [eos, self.lang_id(e.tgt)] for e in examples]
+        ids = torch.full((len(examples), max(map(len, sources))), pad, dtype=torch.long)
+        labels = torch.full((len(examples), max(map(len, targets))), -100, dtype=torch.long)
+        for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
+            ids[i, : len(s)] = torch.tensor(s)
+            labels[i, : len(t)] = torch.tensor(t)
+        return {"input_ids": ids, "attention_mask": (ids != pad).long(), "labels": labels}
+
+    def initial_model(self) -> nn.Module:
+        torch.manual_seed(self.spec.seed)
+        return load_pretrained(self.model_path, "AutoModelForSeq2SeqLM")
+
+    def translate(self, model: nn.Module, examples: list[Example]) -> list[str]:
+        """Beam search into the examples' target language (one language per call: the decoder starts with its
+        token), batched by source length, with the key/value cache."""
+        if not examples:
+            return []
+        [tgt] = {e.tgt for e in examples}
+
+        def step(m: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+            out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             decoder_start_token_id=self.lang_id(tgt), num_beams=self.options.beam,
+                             max_new_tokens=self.spec.max_length, early_stopping=True, use_cache=True)
+            return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+        return [t.strip() for t in batched_outputs(model, examples, self.collate, step,
+                                                   length=lambda e: len(e.source_ids))]
+
+    def _scores(self, model: nn.Module, by_direction: dict[tuple[str, str], list[Example]]) -> dict[str, Any]:
+        scores = {}
+        for (src, tgt), examples in by_direction.items():
+            hypotheses = self.translate(model, examples)
+            scores[(src, tgt)] = corpus_score(hypotheses, [e.reference for e in examples], tgt)
+        return scores
+
+    def validate(self, model: nn.Module) -> float:
+        return statistics.fmean(s.bleu for s in self._scores(model, self._validation).values())
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        scores = self._scores(model, self._test)
+        out: dict[str, float] = {"bleu": statistics.fmean(s.bleu for s in scores.values()),
+                                 "chrf": statistics.fmean(s.chrf for s in scores.values())}
+        for side, chosen in (("into_en", [d for d in scores if d[1] == "en"]),
+                             ("from_en", [d for d in scores if d[0] == "en"]),
+                             ("trained", [d for d in scores if set(d) - {"en"} <= set(self.languages)]),
+                             ("untrained", [d for d in scores if not set(d) - {"en"} <= set(self.languages)])):
+            if chosen:
+                out[f"bleu_{side}"] = statistics.fmean(scores[d].bleu for d in chosen)
+        for (src, tgt), s in scores.items():
+            out[f"bleu_{direction_name(src, tgt)}"] = s.bleu
+            out[f"chrf_{direction_name(src, tgt)}"] = s.chrf
+        out["eval_examples"] = sum(len(v) for v in self._test.values())
+        return out
+
+    def data_provenance(self) -> dict[str, Any]:
+        import sacrebleu
+
+        return {"train_languages": list(self.languages), "evaluation": "FLORES-200 devtest, 20 directions",
+                "bleu_tokenize": {lang: ALL[lang].bleu_tokenize for lang in ALL}, "sacrebleu": sacrebleu.__version__,
+                "notes": [f"BLEU: sacrebleu {sacrebleu.__version__}, tokenizer per target language (13a; zh; "
+                          "ja-mecab; character level for Burmese and Gujarati); chrF++ beside it."]}
+
+    def train_defaults(self) -> dict[str, Any]:
+        if self.spec.model == TINY_NAME:  # sized for a laptop CPU (see the README)
+            return {"lr": 5e-4, "batch_size": 32, "max_steps": 2000, "warmup_ratio": 0.05, "schedule": "linear",
+                    "weight_decay": 0.01, "eval_every": 500}
+        # The paper's mBART setting: Adam, lr 1e-6, 40K updates.
+        return {"lr": 1e-6, "max_steps": 40000, "warmup_ratio": 0.0, "schedule": "linear", "eval_every": 5000}
+
+
+def _register(mix: str) -> None:
+    name = f"translation/{mix}"
+
+    @register_task(name, default_model=TINY_NAME, options=TranslationOptions)
+    def factory(spec: TaskSpec) -> TaskRun:
+        return TranslationRun(spec, name, mix)
+
+
+for _mix in MIXES:
+    _register(_mix)

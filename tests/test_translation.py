@@ -1,0 +1,183 @@
+"""The translation family on synthetic data in the public formats: readers, language tokens and mBART's format,
+the training mixes, BLEU against sacrebleu's CLI, a tiny mBART learning a synthetic translation, every sparse
+method end to end, and mbart-tiny's denoising pretraining."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import TRANSLATION_WORDS, make_tiny_mbart, make_translation_data, synthetic_translation
+from smcbench.errors import SmcBenchError
+from smcbench.methods import METHODS
+from smcbench.runner.single import RunRequest, execute
+from smcbench.tasks import TaskSpec, get_task
+from smcbench.tasks.translation.bleu import corpus_score
+from smcbench.tasks.translation.data import CARVED_DEV, detokenize_cjk, parallel, read_aligned
+from smcbench.tasks.translation.languages import EVAL_DIRECTIONS, MIXES
+from smcbench.tasks.translation.pretrain import noise
+from smcbench.training import TrainConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_translation_data(tmp_path_factory.mktemp("translation-data"))
+
+
+@pytest.fixture(scope="module")
+def mbart_path(tmp_path_factory, data_root):
+    texts = []
+    for lang in ("fr", "cs", "de", "gu", "ja", "my", "ro", "vi", "zh"):
+        train, _ = parallel(data_root, lang)
+        texts += [p.xx for p in train] + [p.en for p in train]
+    texts += [synthetic_translation("ru", w) for w in TRANSLATION_WORDS]
+    return str(make_tiny_mbart(tmp_path_factory.mktemp("mbart") / "tiny", texts, d_model=64, layers=2))
+
+
+def test_aligned_files_pair_lines_and_a_count_mismatch_names_both_files(tmp_path):
+    (tmp_path / "a.fr").write_text("un\n\ndeux\n")
+    (tmp_path / "a.en").write_text("one\ntwo\n2\n")
+    assert [(p.xx, p.en) for p in read_aligned(tmp_path / "a.fr", tmp_path / "a.en")] == [("un", "one"),
+                                                                                            ("deux", "2")]
+    (tmp_path / "b.en").write_text("one\n")
+    with pytest.raises(SmcBenchError, match=r"a.fr has 3 lines but .*b.en has 1"):
+        read_aligned(tmp_path / "a.fr", tmp_path / "b.en")
+    with pytest.raises(SmcBenchError, match="data file not found .*nope.en"):
+        read_aligned(tmp_path / "a.fr", tmp_path / "nope.en")
+
+
+def test_dev_pairs_come_from_dev_files_or_the_end_of_training_text(data_root):
+    train, dev = parallel(data_root, "fr")
+    assert (len(train), len(dev)) == (60, 8)
+    train, dev = parallel(data_root, "gu")  # no dev file: carved from the end, at most a fifth
+    assert (len(train), len(dev)) == (48, 12) and CARVED_DEV > 12
+    train, dev = parallel(data_root, "ru")  # Tatoeba eng-rus, as the data README says
+    assert (len(train), len(dev)) == (55, 13)
+
+
+def test_japanese_word_segmentation_is_undone():
+    assert detokenize_cjk("誰 が 一番 に 着 く か 。") == "誰が一番に着くか。"
+    assert detokenize_cjk("i 'm in the club .") == "i 'm in the club ."
+
+
+def test_mixes_and_evaluation_directions():
+    assert MIXES["2-2"] == ("fr", "cs") and len(MIXES["5-5"]) == 5 and len(MIXES["10-10"]) == 10
+    assert len(EVAL_DIRECTIONS) == 20 and ("en", "my") in EVAL_DIRECTIONS and ("ru", "en") in EVAL_DIRECTIONS
+
+
+def test_training_mix_has_both_directions_of_its_languages_only(data_root, mbart_path):
+    task = get_task(TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=10))
+    examples, lengths = task.train_examples()
+    assert {(e.src, e.tgt) for e in examples} == {("fr", "en"), ("en", "fr"), ("cs", "en"), ("en", "cs")}
+    assert len(examples) == 4 * 10 and len(lengths) == 40
+    ten = get_task(TaskSpec("translation/10-10", mbart_path, str(data_root), train_size=5))
+    assert {e.src for e in ten.train_examples()[0]} == set(MIXES["10-10"]) | {"en"}
+    assert set(ten._test) == set(EVAL_DIRECTIONS) == set(task._test)  # evaluation never depends on the mix
+
+
+def test_mbart_format_language_tokens_and_forced_target_start(data_root, mbart_path):
+    from transformers.models.mbart.modeling_mbart import shift_tokens_right
+
+    task = get_task(TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=4))
+    example = next(e for e in task.train_examples()[0] if (e.src, e.tgt) == ("fr", "en"))
+    batch = task.collate([example])
+    fr, en, eos = task.lang_id("fr"), task.lang_id("en"), task.tokenizer.eos_token_id
+    assert batch["input_ids"][0, -2:].tolist() == [eos, fr]  # X </s> fr_XX
+    labels = batch["labels"]
+    assert labels[0, -2:].tolist() == [eos, en]  # Y </s> en_XX
+    decoder = shift_tokens_right(labels, task.tokenizer.pad_token_id)
+    assert decoder[0, 0].item() == en  # the decoder starts with the target language token
+    assert task.tokenizer.convert_ids_to_tokens([fr, en]) == ["fr_XX", "en_XX"]
+
+
+def test_bleu_matches_sacrebleus_own_command_line(tmp_path):
+    hyps = ["the cat sat on the mat", "a dog runs in the park today", "it is raining"]
+    refs = ["the cat sat on a mat", "a dog runs in the park", "it rains a lot"]
+    (tmp_path / "hyp").write_text("\n".join(hyps) + "\n")
+    (tmp_path / "ref").write_text("\n".join(refs) + "\n")
+    cli = Path(sys.executable).with_name("sacrebleu")
+    for lang, tok in (("fr", "13a"), ("zh", "zh"), ("my", "char")):
+        out = subprocess.run([str(cli), str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"), "-tok", tok, "-b"],
+                             capture_output=True, text=True, check=True)
+        assert corpus_score(hyps, refs, lang).bleu == pytest.approx(float(out.stdout.strip()), abs=0.05)
+    chrf = subprocess.run([str(cli), str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"), "-m", "chrf",
+                           "--chrf-word-order", "2", "-b"], capture_output=True, text=True, check=True)
+    assert corpus_score(hyps, refs, "fr").chrf == pytest.approx(float(chrf.stdout.strip()), abs=0.05)
+    assert "tok:char" not in corpus_score(hyps, refs, "fr").signature
+    assert "tok:char" in corpus_score(hyps, refs, "gu").signature
+
+
+def test_a_tiny_mbart_learns_the_synthetic_translation(data_root, mbart_path, tmp_path):
+    spec = TaskSpec("translation/2-2", mbart_path, str(data_root), val_size=8, eval_size=6, max_length=24,
+                    options={"beam": 2})
+    req = RunRequest(spec, "dense", [], TrainConfig(lr=2e-3, batch_size=16, max_steps=1500, schedule="linear",
+                                                    warmup_ratio=0.05, eval_every=1500), {}, tmp_path, progress=False)
+    [r] = execute(req)
+    m = r["metrics"]
+    assert m["bleu_fr-en"] > 60 and m["bleu_en-fr"] > 60, m  # trained directions
+    assert m["bleu_trained"] > m["bleu_untrained"]  # the other eight languages were never seen in fine-tuning
+    assert r["metric"] == {"name": "bleu", "higher_is_better": True, "chance": None, "secondary": ["chrf"]}
+    assert r["data"]["bleu_tokenize"]["ja"] == "ja-mecab" and "sacrebleu" in r["data"]
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_every_sparse_method_reaches_the_exact_sparsity_counting_tied_weights_once(data_root, mbart_path, tmp_path,
+                                                                                     method):
+    spec = TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=8, val_size=4, eval_size=1,
+                    max_length=12, options={"beam": 1})
+    records = execute(RunRequest(spec, method, [0.2, 0.36], TrainConfig(lr=1e-3, batch_size=8, max_steps=2,
+                                                                         eval_every=2), {}, tmp_path, progress=False))
+    for r in records:
+        names = [layer["name"] for layer in r["layers"]]
+        assert "model.shared.weight" in names and not any(n.startswith("lm_head") or "embed_tokens" in n
+                                                           for n in names)  # tied: counted once
+        total = sum(layer["numel"] for layer in r["layers"])
+        pruned = sum(layer["pruned"] for layer in r["layers"])
+        if method.startswith("random"):
+            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in r["layers"])
+        else:
+            assert pruned == round(r["target_sparsity"] * total)
+        assert 0 <= r["metrics"]["bleu"] <= 100 and r["metrics"]["eval_examples"] == 20
+
+
+def test_noise_permutes_sentences_and_masks_spans_with_one_token_each():
+    rng = random.Random(0)
+    sentences = [[10, 11, 12, 13], [20, 21, 22], [30, 31, 32, 33, 34]]
+    out = noise(sentences, mask_id=99, ratio=0.35, poisson=3.5, rng=rng)
+    kept = [t for t in out if t != 99]
+    assert len(kept) == 12 - round(0.35 * 12)  # exactly the masked share is gone
+    assert all(not (a == 99 and b == 99) for a, b in zip(out, out[1:], strict=False))  # a span is one <mask>
+    assert set(kept) <= {t for s in sentences for t in s}
+    orders = {tuple(t // 10 for t in noise(sentences, 99, 0.0, 3.5, rng)) for _ in range(20)}
+    assert len(orders) > 1  # sentence order is permuted
+
+
+def test_pretrain_command_denoises_on_training_text_only(data_root, tmp_path):
+    out = tmp_path / "mbart-tiny"
+    done = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "mbart-tiny", "--steps", "2",
+                           "--data-dir", str(data_root), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "smcbench_pretraining.json").read_text())
+    assert "ru" not in record["lines_per_language"] and record["lines_per_language"]["fr"] == 60
+    assert set(record["loss_by_step"]) == {"1", "2"}
+    task = get_task(TaskSpec("translation/2-2", str(out), str(data_root), train_size=2))
+    assert task.initial_model().config.d_model == 256
+    refused = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "mbart-tiny", "--exclude-folds", "1",
+                              "--data-dir", str(data_root), "--out", str(out)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "do not apply" in refused.stderr
+
+
+@pytest.mark.skipif(not (SHARED / "translation").is_dir(), reason="the translation data (../shared/data/translation) "
+                    "is not on this machine")
+def test_the_real_files_are_aligned_and_flores_is_multiway():
+    from smcbench.tasks.translation.data import flores_pairs
+
+    for lang in MIXES["10-10"]:
+        train, dev = parallel(SHARED, lang)
+        assert train and dev
+        assert len(flores_pairs(SHARED, lang)) == 1012
