@@ -201,20 +201,21 @@ def _register_run() -> None:
         inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
                           default=typer.Argument(..., help="family/dataset: commonsense/csqa, "
                                                  "commonsense/winogrande, commonsense/race-m, arithmetic/mawps, "
-                                                 "arithmetic/svamp, protein/hp-s2c2, ...")),
+                                                 "arithmetic/svamp, protein/hp-s2c2, protein/meltome, translation/2-2, "
+                                                 "...")),
         opt("method", "dense", str, f"The method. {methods}."),
         opt("sparsity", "grid", str, "Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
         opt("model", None, str | None, "Commonsense: minilm (default, offline), roberta-base, roberta-large, hub id "
             "or folder. Arithmetic: gts (default) or graph2tree, optionally :<embedder> (minilm, roberta-base, "
             "random, hub id or folder). Protein: esm-tiny (default, pretrained here), an ESM or TAPE folder or "
-            "hub id."),
-        opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/, protein/...; default: "
+            "hub id. Translation: mbart-tiny (default, pretrained here), an mBART hub id or folder."),
+        opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/, protein/, translation/; default: "
             "$SMCBENCH_DATA or ../shared/data."),
         opt("fold", None, int | None, "Cross-validation fold (MAWPS, ASDiv-A: 0-4; HotProtein: 0-9; "
             "default 0)."),
         opt("seed", 0, int, "Seed of the head, data order and dropout."),
         opt("option", None, list[str] | None, "A task's own option, KEY=VALUE (repeatable), e.g. "
-            "train_variant=m for WinoGrande."),
+            "train_variant=m for WinoGrande, tm_thresholds=50,60 for Meltome, beam=5 for translation."),
         opt("out", Path("runs"), Path, "Output folder."),
         opt("quiet", False, bool, "No progress bars."),
     ]
