@@ -92,6 +92,22 @@ def test_variants_of_a_method_are_separate_curves_not_pooled_like_seeds(tmp_path
     assert "| gmp | 0.600 |" in md  # a setting every run shares stays out of the name
 
 
+def test_a_declared_breakdown_is_a_table_of_parts_with_dense_first(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    metric = {"name": "bleu", "higher_is_better": True, "chance": None, "secondary": [],
+              "breakdown": ["bleu_fr-en", "bleu_en-fr"]}
+    for method, s, seed, parts in (("dense", 0.0, 0, (30.0, 20.0)), ("dense", 0.0, 1, (32.0, 22.0)),
+                                   ("gmp", 0.2, 0, (28.0, 19.0)), ("gmp", 0.488, 0, (25.0, 10.0)),
+                                   ("gmp", 0.738, 0, (5.0, 1.0))):
+        r = rec(method, s, 0.0, seed=seed)
+        store.append({**r, "metric": metric, "metrics": {"bleu": sum(parts) / 2, "bleu_fr-en": parts[0],
+                                                          "bleu_en-fr": parts[1]}})
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| part | dense | gmp @ 0.488 |" in md  # the middle level by default
+    assert "| bleu_fr-en | 31.00 | 25.00 |" in md and "| bleu_en-fr | 21.00 | 10.00 |" in md
+
+
 def test_the_tasks_data_notes_appear_once_under_the_task(tmp_path):
     store = ResultStore(tmp_path / "results.db")
     note = "HP-S2C5's five classes group its seven growth temperatures: inferred from the paper's class counts."

@@ -14,6 +14,9 @@ class Metric:
     higher_is_better: bool = True
     chance: float | None = None  # the chance or trivial-baseline value, where one exists
     secondary: tuple[str, ...] = ()
+    # Parts of the primary metric worth a table of their own (e.g. translation's BLEU per direction), by their
+    # names in a record's metrics.
+    breakdown: tuple[str, ...] = ()
 
     def better(self, a: float, b: float) -> bool:
         """Is `a` strictly better than `b`?"""
@@ -24,7 +27,7 @@ class Metric:
         return value < reference - tolerance if self.higher_is_better else value > reference + tolerance
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "secondary": list(self.secondary)}
+        return {**asdict(self), "secondary": list(self.secondary), "breakdown": list(self.breakdown)}
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Metric:
@@ -33,7 +36,7 @@ class Metric:
         declared = record.get("metric")
         if isinstance(declared, dict):
             return cls(declared["name"], declared["higher_is_better"], declared.get("chance"),
-                       tuple(declared.get("secondary", ())))
+                       tuple(declared.get("secondary", ())), tuple(declared.get("breakdown", ())))
         return cls("accuracy", True, record.get("metrics", {}).get("chance"))
 
     def value(self, record: dict[str, Any]) -> float:

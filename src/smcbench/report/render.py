@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     _data_notes(report, label, rows)
     _curves(report, label, slug, metric, by_method, dense)
     _secondary(report, label, metric, rows)
+    _breakdown(report, label, metric, rows, levels)
     if dense:
         _failing(report, label, metric, by_method, dense)
     _layerwise(report, label, slug, rows, levels)
@@ -165,6 +167,35 @@ def _secondary(report: Report, label: str, metric: Metric, rows: list[dict]) -> 
         by_method = analysis.curves(rows, name)
         if by_method:
             report.sections.append((f"{name}: {label}", _table(by_method)))
+
+
+def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], levels: list[float] | None) -> None:
+    """The parts of the primary metric the task declares (e.g. BLEU per direction): one row per part, one column
+    per method at the chosen levels (default: the middle one), dense first; means over seeds and folds."""
+    if not metric.breakdown:
+        return
+    sparse_levels = sorted({round(r["target_sparsity"], 3) for r in rows
+                            if is_sparse(r["method"], r["target_sparsity"])})
+    chosen = ([s for s in sparse_levels if any(abs(s - x) < 1e-3 for x in levels)] if levels
+              else sparse_levels[len(sparse_levels) // 2:][:1])
+    columns: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        level = round(r["target_sparsity"], 3)
+        if not is_sparse(r["method"], r["target_sparsity"]):
+            columns[r["variant"]].append(r)
+        elif level in chosen:
+            columns[f"{r['variant']} @ {level:.3f}"].append(r)
+    names = sorted(columns, key=lambda c: (" @ " in c, c))
+    lines = ["| part | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for part in metric.breakdown:
+        cells = []
+        for c in names:
+            values = [float(r["metrics"][part]) for r in columns[c] if part in r["metrics"]]
+            cells.append(f"{statistics.fmean(values):.2f}" if values else "-")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    if len(lines) > 2:
+        report.sections.append((f"{metric.name} by part: {label}", "\n".join(lines)))
 
 
 def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],

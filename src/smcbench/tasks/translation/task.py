@@ -47,7 +47,9 @@ class Example:
 
 
 class TranslationRun(TaskRun):
-    metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf",))
+    metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf",), breakdown=(
+        "bleu_into_en", "bleu_from_en", "bleu_trained", "bleu_untrained",
+        *(f"bleu_{direction_name(s, t)}" for s, t in EVAL_DIRECTIONS)))
 
     def __init__(self, spec: TaskSpec, name: str, mix: str) -> None:
         super().__init__(spec)
