@@ -86,10 +86,12 @@ def test_variants_of_a_method_are_separate_curves_not_pooled_like_seeds(tmp_path
         r = rec("omp_after", 0.05, acc, run=include)
         store.append({**r, "config": {"settings": {"preset": "esm", "include": [include]}}})
     store.append({**rec("gmp", 0.05, 0.6), "config": {"settings": {"preset": "esm"}}})
+    store.append({**rec("omp_after", 0.05, 0.9, run="all"), "config": {"settings": {"preset": "esm"}}})
     build(tmp_path / "results.db", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| omp_after (include=query) | 0.700 |" in md and "| omp_after (include=key) | 0.500 |" in md
     assert "| gmp | 0.600 |" in md  # a setting every run shares stays out of the name
+    assert "| omp_after | 0.900 |" in md  # the variant with the default include
 
 
 def test_a_declared_breakdown_is_a_table_of_parts_with_dense_first(tmp_path):

@@ -510,6 +510,38 @@ def bench_protein(
                    f"{out[1]['seconds_per_epoch'] / out[0]['seconds_per_epoch']:.2f}x the time per epoch")
 
 
+@bench_app.command("translation")
+def bench_translation(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: str = typer.Option("mbart-tiny", help="mbart-tiny (pretrained here on first use), an mBART folder or "
+                              "hub id."),
+    steps: int = typer.Option(200, min=1, help="Training updates each side makes."),
+    batch_size: int = typer.Option(32, min=1, help="Sentence pairs per update."),
+    train_size: int = typer.Option(2000, min=1, help="Sentence pairs per language (Fr, Cs; both directions)."),
+    eval_size: int = typer.Option(200, min=1, help="FLORES-200 sentences per direction (Fr-En, En-Fr)."),
+    max_length: int = typer.Option(64, min=8, help="Tokens per sentence and the generation limit."),
+    beam: int = typer.Option(4, min=1, help="Beam size."),
+    data_dir: str | None = typer.Option(None, help="Folder holding translation/."),
+) -> None:
+    """Training tokens/s and evaluation sentences/s against a plain Seq2SeqTrainer + generate loop, BLEU beside."""
+    from smcbench.bench import translation
+
+    out = translation.run(model, data_dir, steps, batch_size, train_size, eval_size, max_length, beam)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    hf, ours = out
+    typer.echo(f"translation/2-2 with {model}: {steps} updates of {batch_size} pairs, then {hf['eval_sentences']} "
+               f"FLORES-200 sentences (Fr-En, En-Fr), beam {beam}; each side in its own process")
+    for r in out:
+        bleu = ", ".join(f"{k} {v:.2f}" for k, v in r["bleu"].items())
+        typer.echo(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s)  eval "
+                   f"{r['eval_sentences_per_s']:6.2f} sentences/s ({r['eval_s']:6.1f} s)  BLEU {bleu}  peak "
+                   f"{r['peak_rss_mb']:5.0f} MB")
+    typer.echo(f"  ours / plain Hugging Face: training {ours['train_tokens_per_s'] / hf['train_tokens_per_s']:.2f}x, "
+               f"evaluation {ours['eval_sentences_per_s'] / hf['eval_sentences_per_s']:.2f}x")
+
+
 def main() -> None:
     try:
         app()

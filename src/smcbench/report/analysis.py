@@ -42,15 +42,13 @@ def with_variants(records: Iterable[dict]) -> list[dict]:
     out = []
     for r in records:
         own = (r.get("config") or {}).get("settings") or {}
-        keys = varying[r["method"]]
-        shown = ", ".join(f"{k}={_setting_text(own.get(k))}" for k in keys)
-        out.append({**r, "variant": f"{r['method']} ({shown})" if keys else r["method"]})
+        # A setting left at its default is not recorded (run identity): the plain method name stands for it.
+        shown = ", ".join(f"{k}={_setting_text(own[k])}" for k in varying[r["method"]] if own.get(k) is not None)
+        out.append({**r, "variant": f"{r['method']} ({shown})" if shown else r["method"]})
     return out
 
 
 def _setting_text(value: object) -> str:
-    if value is None:
-        return "default"
     if isinstance(value, list | tuple):
         return "|".join(map(str, value))
     return str(value)
