@@ -82,14 +82,17 @@ def test_report_from_a_small_results_database(tmp_path):
 def test_variants_of_a_method_are_separate_curves_not_pooled_like_seeds(tmp_path):
     store = ResultStore(tmp_path / "results.db")
     store.append(rec("dense", 0.0, 0.8))
-    for include, acc in (("query", 0.7), ("key", 0.5)):
+    for include, acc in (("query", 0.7), ("key|value", 0.5)):
         r = rec("omp_after", 0.05, acc, run=include)
         store.append({**r, "config": {"settings": {"preset": "esm", "include": [include]}}})
     store.append({**rec("gmp", 0.05, 0.6), "config": {"settings": {"preset": "esm"}}})
     store.append({**rec("omp_after", 0.05, 0.9, run="all"), "config": {"settings": {"preset": "esm"}}})
     build(tmp_path / "results.db", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| omp_after (include=query) | 0.700 |" in md and "| omp_after (include=key) | 0.500 |" in md
+    assert "| omp_after (include=query) | 0.700 |" in md
+    assert "| omp_after (include=key\\|value) | 0.500 |" in md  # a pipe in a regex is not a column
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<td>omp_after (include=key|value)</td><td>0.500</td>" in html
     assert "| gmp | 0.600 |" in md  # a setting every run shares stays out of the name
     assert "| omp_after | 0.900 |" in md  # the variant with the default include
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,11 @@ from smcbench.metrics import Metric  # noqa: E402
 from smcbench.report import analysis  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
+
+
+def cell(text: str) -> str:
+    """A Markdown table cell: a pipe in a name (a regex variant, `include=(query|key)`) is escaped, not a column."""
+    return text.replace("|", "\\|")
 
 
 def short(name: str) -> str:
@@ -54,7 +60,8 @@ class Report:
             lines = [line for line in md.splitlines() if line.startswith("|")]
             if not lines:
                 return f"<p>{html.escape(md)}</p>"
-            rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not set(line) <= set("|-: ")]
+            rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+                    for line in lines if not set(line) <= set("|-: ")]
             head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
             prose = "".join(f"<p>{html.escape(line)}</p>" for line in md.splitlines()
@@ -104,7 +111,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     _curves(report, label, slug, metric, by_method, dense)
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
-    if dense:
+    if dense and by_method:  # a group with only its dense run has nothing to fail
         _failing(report, label, metric, by_method, dense)
     _layerwise(report, label, slug, rows, levels)
     _overlap(report, label, rows)
@@ -157,7 +164,7 @@ def _table(by_method: dict[str, list[analysis.Point]]) -> str:
         at = {p.sparsity: p for p in points}
         cells = [f"{at[s].mean:.3f}" + (f" ± {at[s].std:.3f}" if at[s].seeds > 1 else "") if s in at else ""
                  for s in all_levels]
-        table.append(f"| {method} | " + " | ".join(cells) + " |")
+        table.append(f"| {cell(method)} | " + " | ".join(cells) + " |")
     return "\n".join(table)
 
 
@@ -186,7 +193,7 @@ def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], lev
         elif level in chosen:
             columns[f"{r['variant']} @ {level:.3f}"].append(r)
     names = sorted(columns, key=lambda c: (" @ " in c, c))
-    lines = ["| part | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["| part | " + " | ".join(map(cell, names)) + " |", "|---" * (len(names) + 1) + "|"]
     for part in metric.breakdown:
         cells = []
         for c in names:
@@ -206,7 +213,7 @@ def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, li
              "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]
     for method, points in sorted(by_method.items()):
         ok, fail = analysis.failing_sparsity(points, mean, tol, metric)
-        lines.append(f"| {method} | {'-' if ok is None else f'{ok:.3f}'} | "
+        lines.append(f"| {cell(method)} | {'-' if ok is None else f'{ok:.3f}'} | "
                      f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
     report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
 
@@ -231,7 +238,7 @@ def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: 
             ax.plot(range(len(layers)), [x["sparsity"] for x in layers], marker=".", label=r["variant"])
             collapsed = [short(x["name"]) for x in layers if x["collapsed"]]
             if collapsed:
-                collapsed_lines.append(f"| {r['variant']} | {level:.3f} | {', '.join(collapsed)} |")
+                collapsed_lines.append(f"| {cell(r['variant'])} | {level:.3f} | {', '.join(collapsed)} |")
             names = [short(x["name"]) for x in layers]
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=6)
@@ -260,8 +267,8 @@ def _overlap(report: Report, label: str, rows: list[dict]) -> None:
             if not per_layer:  # variants that prune disjoint tensors (e.g. Table 1's module subsets)
                 continue
             lo = min(per_layer, key=per_layer.get)
-            lines.append(f"| {level:.3f} | {seed} | {a} | {b} | {overall:.3f} | {analysis.random_overlap(level):.3f} "
-                         f"| {short(lo)} {per_layer[lo]:.3f} |")
+            lines.append(f"| {level:.3f} | {seed} | {cell(a)} | {cell(b)} | {overall:.3f} | "
+                         f"{analysis.random_overlap(level):.3f} | {short(lo)} {per_layer[lo]:.3f} |")
     if lines:
         head = ("Jaccard overlap of the kept weights; two independent random masks overlap (1 − s)/(1 + s). "
                 "Near-identical masks across magnitude methods are the lazy regime's signature.\n\n"
