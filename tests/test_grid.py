@@ -144,6 +144,14 @@ def test_the_paper_protein_preset_holds_the_main_grid_and_table_1():
     assert esm1b.train.lr_groups == ((r"^backbone\.", 1e-6),) and esm1b.train.batch_size == 3  # offline: no hub
 
 
+def test_the_paper_translation_preset_uses_the_papers_mbart_setting_offline():
+    nodes = expand(load_spec("paper-translation"))
+    dense = [n.request for n in nodes if n.request.method == "dense"]
+    assert [r.spec.task for r in dense] == ["translation/2-2", "translation/5-5", "translation/10-10"]
+    assert dense[0].train.lr == 1e-6 and dense[0].train.max_steps == 40000
+    assert len(nodes) == 3 * (1 + 10 + 10 * 9)  # dense, 10 LTH rounds, 9 other methods x 10 levels, per mix
+
+
 def test_also_parts_share_runs_and_a_repeated_method_needs_other_settings(tiny_model_path, data_root, tmp_path):
     spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                                     methods=["dense", "omp_after"], sparsities=[0.2],
