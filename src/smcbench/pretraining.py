@@ -4,6 +4,7 @@ complete or not at all, one process building a missing model while the others wa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -88,3 +89,17 @@ class LossCurve(Callback):
             with torch.no_grad():
                 self.losses[state.step] = float(state.model(**self.batch).loss)
             state.model.train()
+
+
+RECORD = "smcbench_pretraining.json"  # what a model pretrained here keeps of its corpus, settings and loss curve
+
+
+def model_provenance(folder: Path, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Where a model folder came from: its pretraining record (without the `drop` keys), else the folder."""
+    record = folder / RECORD
+    if not record.is_file():
+        return {"folder": str(folder)}
+    data = json.loads(record.read_text())
+    for key in drop:
+        data.pop(key, None)
+    return {"folder": str(folder), "pretraining": data}

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from smcbench.errors import SmcBenchError
-from smcbench.pretraining import LossCurve, cache_dir, ensure_built, write_folder
+from smcbench.pretraining import RECORD, LossCurve, cache_dir, ensure_built, write_folder
 from smcbench.tasks.protein.data import S2C2_FOLDS, S2C5_FOLDS, read_s2c2, read_s2c5
 from smcbench.tasks.protein.model import write_esm_vocab
 
 TINY_NAME = "esm-tiny"
-RECORD = "smcbench_pretraining.json"
 # ESM-2's shape (rotary positions, token dropout, pre-LN), scaled down to train on a laptop CPU.
 TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
               "max_position_embeddings": 1026}
@@ -169,13 +168,3 @@ def ensure_tiny(corpus_name: str, build_corpus: Callable[[], PretrainCorpus]) ->
                         lambda folder: pretrain_tiny(build_corpus(), folder, progress=False),
                         f"pretraining {TINY_NAME} on {corpus_name} into {tiny_folder(corpus_name)}: once, a few "
                         "minutes")
-
-
-def model_provenance(folder: Path) -> dict[str, Any]:
-    """Where a model folder came from: its pretraining record (without the held-out keys), else the folder."""
-    record = folder / RECORD
-    if not record.is_file():
-        return {"folder": str(folder)}
-    data = json.loads(record.read_text())
-    data.pop("held_out_sequences", None)
-    return {"folder": str(folder), "pretraining": data}

@@ -11,6 +11,7 @@ Metric: accuracy; macro-F1 beside it. Model selection on a validation split carv
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from torch import nn
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
-from smcbench.pretraining import PretrainRequest, register_pretrainer
+from smcbench.pretraining import PretrainRequest, model_provenance, register_pretrainer
 from smcbench.settings import Settings
 from smcbench.tasks.protein.data import (
     HP_S_CLASSES,
@@ -48,7 +49,6 @@ from smcbench.tasks.protein.pretrain import (
     check_held_out,
     ensure_tiny,
     hotprotein_corpus,
-    model_provenance,
 )
 from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
 from smcbench.training import batched_outputs
@@ -112,20 +112,21 @@ class ProteinRun(TaskRun):
         self.name = name
         self.metric = Metric("accuracy", chance=1.0 / self.classes, secondary=("macro_f1",))
 
+    @abstractmethod
     def read(self, split: str) -> list[Protein]:
         """The labelled proteins of `split` (train or test)."""
-        raise NotImplementedError
 
     def training_and_validation(self) -> tuple[list[Protein], list[Protein]]:
         """(training pool, validation for model selection), both from the training data."""
         return self.split_training(self.read("train"))
 
+    @abstractmethod
     def tiny_corpus(self, exclude_folds: tuple[int, ...] | None = None) -> PretrainCorpus:
         """What esm-tiny is pretrained on for this task: never a sequence of the evaluation split."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tiny_corpus_name(self) -> str:
-        raise NotImplementedError
+        """The cached esm-tiny's folder suffix for that corpus."""
 
     def held_out_remedy(self) -> tuple[str, str]:
         """(the evaluation split's name, how to get a model that held it out), for the leak check's error."""
@@ -144,7 +145,9 @@ class ProteinRun(TaskRun):
         return load_tokenizer(self.model_path)
 
     def provenance(self) -> dict[str, Any]:
-        return model_provenance(Path(self.model_path)) if Path(self.model_path).is_dir() else super().provenance()
+        if not Path(self.model_path).is_dir():
+            return super().provenance()
+        return model_provenance(Path(self.model_path), drop=("held_out_sequences",))  # thousands of keys
 
     @cached_property
     def max_residues(self) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from smcbench.errors import SmcBenchError
 from smcbench.pretraining import (
+    RECORD,
     LossCurve,
     PretrainRequest,
     cache_dir,
@@ -35,7 +36,6 @@ from smcbench.tasks.translation.data import monolingual
 from smcbench.tasks.translation.languages import ALL, MIXES
 
 TINY_NAME = "mbart-tiny"
-RECORD = "smcbench_pretraining.json"
 # mBART's shape (pre-LN Transformer, learned positions, scaled and tied embeddings), scaled down for a laptop CPU.
 TINY_SHAPE = {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
               "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,

@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
+from smcbench.pretraining import model_provenance
 from smcbench.settings import Settings
 from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
 from smcbench.tasks.translation.bleu import corpus_score
@@ -63,6 +65,10 @@ class TranslationRun(TaskRun):
     @cached_property
     def tokenizer(self):
         return load_tokenizer(self.model_path)
+
+    def provenance(self) -> dict[str, Any]:
+        """A folder's pretraining record (mbart-tiny: corpus, settings, loss curve), else the hub id."""
+        return model_provenance(Path(self.model_path)) if Path(self.model_path).is_dir() else super().provenance()
 
     def lang_id(self, lang: str) -> int:
         return self.tokenizer.convert_tokens_to_ids(ALL[lang].mbart)
