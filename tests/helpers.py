@@ -290,3 +290,13 @@ def make_tiny_mbart(path, texts, d_model=32, layers=1):
     MBartForConditionalGeneration(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def assert_exact_sparsity(record, method):
+    """The run pruned exactly its target: per layer for the Random methods (uniform allocation), over the whole
+    selection for the others (global allocation)."""
+    layers, target = record["layers"], record["target_sparsity"]
+    if method.startswith("random"):
+        assert all(layer["pruned"] == round(target * layer["numel"]) for layer in layers)
+    else:
+        assert sum(layer["pruned"] for layer in layers) == round(target * sum(layer["numel"] for layer in layers))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_protein_data, make_tiny_esm
+from helpers import assert_exact_sparsity, make_protein_data, make_tiny_esm
 from smcbench.errors import SmcBenchError
 from smcbench.methods import METHODS
 from smcbench.runner.single import RunRequest, execute
@@ -66,12 +66,7 @@ def test_every_sparse_method_prunes_exactly_the_esm_selection(protein_root, esm_
         names = [layer["name"] for layer in r["layers"]]
         assert len(names) == 12 and all(".layer." in n for n in names)  # the family's default preset: esm
         assert r["config"]["settings"]["preset"] == "esm"
-        total = sum(layer["numel"] for layer in r["layers"])
-        pruned = sum(layer["pruned"] for layer in r["layers"])
-        if method.startswith("random"):
-            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in r["layers"])
-        else:
-            assert pruned == round(r["target_sparsity"] * total)
+        assert_exact_sparsity(r, method)
 
 
 def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold(protein_root, tmp_path,

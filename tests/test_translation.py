@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TRANSLATION_WORDS, make_tiny_mbart, make_translation_data, synthetic_translation
+from helpers import (
+    TRANSLATION_WORDS,
+    assert_exact_sparsity,
+    make_tiny_mbart,
+    make_translation_data,
+    synthetic_translation,
+)
 from smcbench.errors import SmcBenchError
 from smcbench.methods import METHODS
 from smcbench.runner.single import RunRequest, execute
@@ -137,12 +143,7 @@ def test_every_sparse_method_reaches_the_exact_sparsity_counting_tied_weights_on
         names = [layer["name"] for layer in r["layers"]]
         assert "model.shared.weight" in names and not any(n.startswith("lm_head") or "embed_tokens" in n
                                                            for n in names)  # tied: counted once
-        total = sum(layer["numel"] for layer in r["layers"])
-        pruned = sum(layer["pruned"] for layer in r["layers"])
-        if method.startswith("random"):
-            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in r["layers"])
-        else:
-            assert pruned == round(r["target_sparsity"] * total)
+        assert_exact_sparsity(r, method)
         assert 0 <= r["metrics"]["bleu"] <= 100 and r["metrics"]["eval_examples"] == 20
 
 
