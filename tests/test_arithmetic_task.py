@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import TINY_SETTINGS, assert_exact_sparsity
 from smcbench.cli import app
 from smcbench.errors import SmcBenchError
 from smcbench.methods import METHODS
@@ -86,16 +87,13 @@ def test_a_tiny_solver_learns_tiny_arithmetic(arch, tiny_model_path, data_root, 
 @pytest.mark.parametrize("method", SPARSE_METHODS)
 def test_every_method_runs_on_a_tiny_fold(method, tiny_model_path, data_root, tmp_path):
     s, cfg = resolve(spec(tiny_model_path, data_root, train_size=24), {"max_steps": 4, "eval_every": 2})
-    records = execute(RunRequest(s, method, [0.2, 0.36], cfg, {}, tmp_path, progress=False))
+    records = execute(RunRequest(s, method, [0.2, 0.36], cfg, TINY_SETTINGS.get(method, {}), tmp_path,
+                                 progress=False))
     assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
     for r in records:
         layers = {layer["name"]: layer for layer in r["layers"]}
         assert "encoder.rnn.weight_ih_l0" in layers and "merge.merge.weight" in layers
-        total = sum(layer["numel"] for layer in layers.values())
-        if method.startswith("random"):
-            assert all(layer["pruned"] == round(r["target_sparsity"] * layer["numel"]) for layer in layers.values())
-        else:
-            assert sum(layer["pruned"] for layer in layers.values()) == round(r["target_sparsity"] * total)
+        assert_exact_sparsity(r, method)
         assert set(r["metrics"]) >= {"accuracy", "equation_accuracy"} and r["fold"] == 0
         masks = read_masks(f"{r['dir']}/masks.safetensors")
         from safetensors.torch import load_file

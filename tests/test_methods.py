@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from helpers import TINY_SETTINGS, assert_exact_sparsity
 from smcbench.methods import METHODS
 from smcbench.runner.single import LocalExperiment, RunRequest, execute
 from smcbench.runner.store import ResultStore
@@ -31,15 +32,11 @@ def request(tiny_model_path, data_root, out, method, sparsities, **settings):
 
 @pytest.mark.parametrize("method", SPARSE_METHODS)
 def test_every_method_runs_and_reaches_its_target_exactly(method, tiny_model_path, data_root, tmp_path):
-    records = execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36]))
+    records = execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36],
+                              **TINY_SETTINGS.get(method, {})))
     assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
     for r in records:
-        s = r["target_sparsity"]
-        if method.startswith("random"):  # uniform allocation: exact in every layer (its groups)
-            assert all(layer["pruned"] == round(s * layer["numel"]) for layer in r["layers"])
-        else:  # global allocation: exact over all selected weights
-            total = sum(layer["numel"] for layer in r["layers"])
-            assert sum(layer["pruned"] for layer in r["layers"]) == round(s * total)
+        assert_exact_sparsity(r, method)
         assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metric"]["chance"] == 0.2
         masks = read_masks(f"{r['dir']}/masks.safetensors")
         from safetensors.torch import load_file

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_exact_sparsity, make_protein_data, make_tiny_esm
+from helpers import TINY_SETTINGS, assert_exact_sparsity, make_protein_data, make_tiny_esm
 from smcbench.errors import SmcBenchError
 from smcbench.methods import METHODS
 from smcbench.runner.single import RunRequest, execute
@@ -60,7 +60,8 @@ def test_a_tiny_esm_learns_the_synthetic_composition_task(protein_root, esm_path
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
 def test_every_sparse_method_prunes_exactly_the_esm_selection(protein_root, esm_path, tmp_path, method):
     req = RunRequest(spec(protein_root, esm_path), method, [0.2, 0.36],
-                     TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), {}, tmp_path, progress=False)
+                     TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), TINY_SETTINGS.get(method, {}),
+                     tmp_path, progress=False)
     records = execute(req)
     for r in records:
         names = [layer["name"] for layer in r["layers"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (
+    TINY_SETTINGS,
     TRANSLATION_WORDS,
     assert_exact_sparsity,
     make_tiny_mbart,
@@ -138,7 +139,8 @@ def test_every_sparse_method_reaches_the_exact_sparsity_counting_tied_weights_on
     spec = TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=8, val_size=4, eval_size=1,
                     max_length=12, options={"beam": 1})
     records = execute(RunRequest(spec, method, [0.2, 0.36], TrainConfig(lr=1e-3, batch_size=8, max_steps=2,
-                                                                         eval_every=2), {}, tmp_path, progress=False))
+                                                                         eval_every=2),
+                                 TINY_SETTINGS.get(method, {}), tmp_path, progress=False))
     for r in records:
         names = [layer["name"] for layer in r["layers"]]
         assert "model.shared.weight" in names and not any(n.startswith("lm_head") or "embed_tokens" in n

@@ -542,6 +542,42 @@ def bench_translation(
                f"evaluation {ours['eval_sentences_per_s'] / hf['eval_sentences_per_s']:.2f}x")
 
 
+@bench_app.command("second-order")
+def bench_second_order(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: str = typer.Option("minilm", help="A BERT-style model (folder or hub id) with a multiple-choice head."),
+    gradients: int = typer.Option(128, min=1, help="oBERT: gradients for the Fisher (the method's default: 1024)."),
+    block: int = typer.Option(50, min=1, help="oBERT: Fisher block size B."),
+    calibration_batches: int = typer.Option(16, min=1, help="SparseGPT / Wanda: calibration batches."),
+    batch_size: int = typer.Option(8, min=1, help="Questions per batch (5 choices each)."),
+    length: int = typer.Option(64, min=8, help="Tokens per choice."),
+) -> None:
+    """oBERT's Fisher work against collecting its gradients, its memory; SparseGPT and Wanda against magnitude."""
+    from smcbench.bench import second_order
+
+    obert, layerwise = second_order.run(model, gradients, block, calibration_batches, batch_size, length)
+    if as_json:
+        typer.echo(json.dumps([obert, layerwise]))
+        return
+    fisher_s = obert["woodbury_s"] + obert["mask_s"] + obert["obs_update_s"]
+    typer.echo(f"{model}, encoder Linear weights ({obert['weights'] / 1e6:.2f}M), batches of {batch_size} questions x "
+               f"5 choices x {length} tokens; each part in its own process")
+    typer.echo(f"  oBERT, m = {gradients} gradients, B = {block}: gradients {obert['gradient_s']:.1f} s, Fisher work "
+               f"{fisher_s:.1f} s (Woodbury {obert['woodbury_s']:.1f}, mask {obert['mask_s']:.1f}, OBS update "
+               f"{obert['obs_update_s']:.1f}) = {fisher_s / obert['gradient_s']:.2f}x the gradients")
+    roberta_gb = obert["roberta_large_weights"] * block * 4 / 2**30
+    typer.echo(f"  oBERT memory: inverses {obert['inverse_mb']:.0f} MB (d·B floats), process peak "
+               f"{obert['peak_rss_mb']:.0f} MB; RoBERTa-large's encoder ({obert['roberta_large_weights'] / 1e6:.0f}M "
+               f"weights) at B = {block}: {roberta_gb:.1f} GB (B = 8: {roberta_gb * 8 / block:.1f} GB)")
+    mag = layerwise["magnitude"]["total_s"]
+    for name in ("sparsegpt", "wanda"):
+        r = layerwise[name]
+        typer.echo(f"  {name:<9} {r['total_s']:6.1f} s for {r['layers']} layers with "
+                   f"{layerwise['calibration_examples']} calibration questions (solve {r['solve_s_per_layer']:.2f} s "
+                   f"per layer, at most {r['solve_s_max']:.2f})  = {r['total_s'] / mag:.0f}x global magnitude "
+                   f"({mag:.2f} s)")
+
+
 def main() -> None:
     try:
         app()

@@ -1,7 +1,7 @@
 """Methods: objects registered by name (`register_method`), each declaring what the runner needs and the schema of
 its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity callbacks for the training loop."""
 
-from smcbench.methods import paper  # noqa: F401  (registers the paper's methods)
+from smcbench.methods import obert, paper, posttraining  # noqa: F401  (register the methods)
 from smcbench.methods.base import (
     DENSE,
     METHODS,
@@ -10,6 +10,7 @@ from smcbench.methods.base import (
     NoSettings,
     Outcome,
     SelectionSettings,
+    SparseSettings,
     get_method,
     is_sparse,
     method_settings,
@@ -18,4 +19,5 @@ from smcbench.methods.base import (
 from smcbench.methods.callbacks import GradualPruning, MaskEnforcer, RigLUpdates
 
 __all__ = ["DENSE", "METHODS", "Experiment", "GradualPruning", "MaskEnforcer", "Method", "NoSettings", "Outcome",
-           "RigLUpdates", "SelectionSettings", "get_method", "is_sparse", "method_settings", "register_method"]
+           "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_sparse", "method_settings",
+           "register_method"]

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.methods.recipe import RecipeSettings
 from smcbench.settings import Settings
 from smcbench.sparsity import ScoreContext, Sparsifier
 from smcbench.training import Callback
@@ -43,6 +44,10 @@ class SelectionSettings(Settings):
         return ScoreContext(params, loss=loss, batches=batches)
 
 
+class SparseSettings(SelectionSettings, RecipeSettings):
+    """What every sparse method takes: the pruned tensors and the Appendix C recipe (methods.recipe)."""
+
+
 @dataclass
 class Outcome:
     """A trained model of one method at one sparsity."""
@@ -68,13 +73,20 @@ class Experiment(Protocol):
     def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str) -> Any:
         """Train `model` in place with the full schedule; returns the loop's TrainResult."""
 
+    def untrained(self, model: nn.Module) -> Any:
+        """A TrainResult for a model used as it is (no update), with its validation metric."""
+
     def dense_model(self) -> nn.Module:
         """A fresh copy of the dense fine-tune (trained once per experiment configuration)."""
 
     def loss(self, model: nn.Module, batch: dict) -> Any:
         """The training loss of `model` on `batch` (a tensor)."""
 
-    def score_batches(self) -> Iterable[dict]: ...
+    def outputs(self, model: nn.Module, batch: dict) -> Any:
+        """What the task's loss function returns for `batch` (a model output with `.loss`, maybe `.logits`)."""
+
+    def score_batches(self, batch_size: int | None = None) -> Iterable[dict]:
+        """Training batches in a seeded order (of the training batch size unless given)."""
 
     def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
         """The trained model and masks of a run finished earlier, if any (lets a rerun chain resume)."""
@@ -90,8 +102,9 @@ class Method(ABC):
     chained: ClassVar[bool] = False  # one run reaches its levels in a chain, each from the one before (LTH)
     summary: ClassVar[str] = ""
 
-    def levels(self, requested: list[float]) -> list[float]:
-        """The levels the method reaches for the requested ones (an error when one is out of reach)."""
+    def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
+        """The levels the method reaches for the requested ones with these settings (an error when one is out of
+        reach)."""
         return list(requested)
 
     def chain(self, level: float) -> list[float]:

@@ -4,6 +4,8 @@ ones, and GMP prunes before the enforcer re-masks after a step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
 from smcbench.sparsity.scores import Score
 from smcbench.training import Callback, LoopState
@@ -41,21 +43,24 @@ class MaskEnforcer(Callback):
 
 
 class GradualPruning(Callback):
-    """GMP (Zhu & Gupta): prune to the cubic schedule's target after the updates it names."""
+    """GMP (Zhu & Gupta): prune to the cubic schedule's target after the updates it names. `step(sparsifier,
+    target)` replaces the pruning step (default: `score` ranked by `allocation`), e.g. oBERT's, which gathers a
+    fresh Fisher and updates the kept weights."""
 
     order = ORDER_MASK_UPDATES
 
     def __init__(self, sparsifier: Sparsifier, schedule: GradualSchedule, score: str | Score = "magnitude",
-                 allocation: str = "global") -> None:
+                 allocation: str = "global", step: Callable[[Sparsifier, float], None] | None = None) -> None:
         self.sparsifier = sparsifier
         self.schedule = schedule
         self.score = score
         self.allocation = allocation
+        self.step = step or (lambda sp, target: sp.prune(target, self.score, self.allocation))
 
     def on_step_end(self, state: LoopState) -> None:
         target = self.schedule.target(state.step)
         if target is not None and target > 0:
-            self.sparsifier.prune(target, self.score, self.allocation)
+            self.step(self.sparsifier, target)
 
     def selectable(self, state: LoopState) -> bool:
         return state.step >= self.schedule.end

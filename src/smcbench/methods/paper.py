@@ -25,13 +25,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from smcbench.methods.base import DENSE, Experiment, Method, Outcome, SelectionSettings, register_method
+from smcbench.errors import SmcBenchError
+from smcbench.methods.base import DENSE, Experiment, Method, Outcome, SparseSettings, register_method
 from smcbench.methods.callbacks import GradualPruning, MaskEnforcer, RigLUpdates
+from smcbench.methods.recipe import recipe_callbacks
 from smcbench.settings import Settings
 from smcbench.sparsity import GradualSchedule, RigLSchedule, ScoreContext, Sparsifier, build_score
+from smcbench.sparsity.allocation import NM_PATTERN
 from smcbench.sparsity.schedules import IMP_RATE, imp_levels, imp_round
 from smcbench.sparsity.scores import DEFAULT_SNIP_BATCHES
 from smcbench.training import Callback
@@ -39,14 +42,14 @@ from smcbench.training import Callback
 # --- settings: each method's schema is the union of the pieces that matter to it --------------------------------
 
 
-class RandomSettings(SelectionSettings):
+class RandomSettings(SparseSettings):
     random_seed: int = Field(0, description="Seed of random pruning scores.")
 
     def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
         return replace(super().score_context(params, loss, batches), seed=self.random_seed)
 
 
-class SnipSettings(SelectionSettings):
+class SnipSettings(SparseSettings):
     snip_batches: int = Field(DEFAULT_SNIP_BATCHES, ge=1, description="SNIP: training batches whose gradients "
                               "are summed for the scores.")
 
@@ -64,12 +67,12 @@ class IntervalSettings(Settings):
         return self.interval or max(1, total_steps // 20)
 
 
-class GMPSettings(SelectionSettings, IntervalSettings):
+class GMPSettings(SparseSettings, IntervalSettings):
     gmp_start: float = Field(0.1, ge=0, le=1, description="GMP: fraction of training where pruning starts.")
     gmp_end: float = Field(0.8, ge=0, le=1, description="GMP: fraction of training where the target is reached.")
 
 
-class RigLSettings(SelectionSettings, IntervalSettings):
+class RigLSettings(SparseSettings, IntervalSettings):
     rigl_alpha: float = Field(0.3, ge=0, le=1, description="RigL: initial drop fraction (cosine decay).")
     rigl_end: float = Field(0.75, ge=0, le=1, description="RigL: fraction of training after which masks stay.")
 
@@ -106,8 +109,11 @@ def prune(exp: Experiment, model: nn.Module, sparsity: float, criterion: Criteri
 
 
 def retrain(exp: Experiment, model: nn.Module, sp: Sparsifier, sparsity: float, tag: str,
-            extra: list[Callback] = ()) -> Outcome:
-    result = exp.fine_tune(model, [*extra, MaskEnforcer(sp)], tag)
+            extra: list[Callback] = (), pruning_steps: list[int] = ()) -> Outcome:
+    """Train the pruned model with the full schedule, masks exact; the recipe's callbacks when its settings ask
+    (`pruning_steps`: the updates after which `extra` prunes, for learning-rate rewinding)."""
+    recipe = recipe_callbacks(exp.settings, exp.dense_model, exp.outputs, pruning_steps)
+    result = exp.fine_tune(model, [*extra, *recipe, MaskEnforcer(sp)], tag)
     return Outcome(sparsity, model, sp, result)
 
 
@@ -125,23 +131,73 @@ class Dense(Method):
         yield Outcome(0.0, model, None, exp.fine_tune(model, [], "dense"))
 
 
+class OneShotSettings(SparseSettings):
+    retrain: bool = Field(True, description="Retrain with the full schedule after pruning (false: evaluate the "
+                          "pruned model as it is, the post-training setting).")
+    pattern: str | None = Field(None, description="N:M semi-structured sparsity: keep N of every M consecutive "
+                                "input weights of a row (e.g. 2:4); the sparsity is then 1 − N/M.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            match = NM_PATTERN.match(value)
+            if not match or not 0 < int(match.group(1)) <= int(match.group(2)):
+                raise ValueError(f"give N:M with 0 < N <= M, e.g. 2:4 (got {value!r})")
+        return value
+
+    def nm(self) -> tuple[int, int] | None:
+        if self.pattern is None:
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
+
+
+class RandomOneShotSettings(OneShotSettings, RandomSettings):
+    pass
+
+
 class OneShotAfter(Method):
-    """Prune the dense fine-tune once, retrain with the full schedule."""
+    """Prune the dense fine-tune once; retrain with the full schedule (or, `retrain: false`, use it as it is)."""
 
     needs_dense = True
-    criterion: ClassVar[Criterion]
+    criterion: ClassVar[Criterion | None] = None
+
+    def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
+        nm = settings.nm() if isinstance(settings, OneShotSettings) else None
+        if nm is None:
+            return list(requested)
+        level = 1.0 - nm[0] / nm[1]
+        wrong = [s for s in requested if abs(s - level) > 1e-6]
+        if wrong:
+            raise SmcBenchError(f"pattern {settings.pattern} prunes exactly {level:g} of the weights: give "
+                                f"--sparsity {level:g} (got {', '.join(f'{s:g}' for s in wrong)})")
+        return [level]
+
+    def prune_dense(self, exp: Experiment, model: nn.Module, sparsity: float) -> tuple[Sparsifier, dict]:
+        """The mask (and, for methods that update weights, the weights) at `sparsity`; notes for the result."""
+        pattern = exp.settings.pattern
+        return prune(exp, model, sparsity, self.criterion if pattern is None else
+                     replace(self.criterion, allocation=pattern)), {}
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         for s in sparsities:
             model = exp.dense_model()  # a fresh copy of the one cached dense fine-tune
-            sp = prune(exp, model, s, self.criterion)
-            yield retrain(exp, model, sp, s, f"{self.criterion.label}_after@{s:.3f}")
+            sp, notes = self.prune_dense(exp, model, s)
+            if exp.settings.retrain:
+                # (The tag names the checkpoint folder: the criterion's, as before, so interrupted runs resume.)
+                label = f"{self.criterion.label}_after" if self.criterion else self.name
+                out = retrain(exp, model, sp, s, f"{label}@{s:.3f}")
+            else:
+                out = Outcome(s, model, sp, exp.untrained(model), {"retrained": False})
+            out.notes.update(notes)
+            yield out
 
 
 @register_method
 class OMPAfter(OneShotAfter):
     name = "omp_after"
-    settings = SelectionSettings
+    settings = OneShotSettings
     criterion = MAGNITUDE
     summary = "global magnitude on the dense fine-tune, retrain from those weights"
 
@@ -149,7 +205,7 @@ class OMPAfter(OneShotAfter):
 @register_method
 class RandomAfter(OneShotAfter):
     name = "random_after"
-    settings = RandomSettings
+    settings = RandomOneShotSettings
     criterion = RANDOM
     summary = "random, uniform per layer, on the dense fine-tune, retrain"
 
@@ -160,12 +216,12 @@ class LTH(Method):
     round up to the highest requested one is trained (each needs the previous); all are reported."""
 
     name = "lth"
-    settings = SelectionSettings
+    settings = SparseSettings
     needs_dense = True
     chained = True
     summary = "IMP, 20 % of the remaining weights per round, rewind to θ0"
 
-    def levels(self, requested: list[float]) -> list[float]:
+    def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
         # 0.738 asks for round 6, whose level is 0.737856; out-of-reach levels fail before any training.
         return [imp_levels(imp_round(s))[-1] for s in requested]
 
@@ -209,7 +265,7 @@ class GMP(Method):
             sp = st.sparsifier(model)
             schedule = GradualSchedule.over_training(s, exp.total_steps, st.interval_for(exp.total_steps),
                                                      st.gmp_start, st.gmp_end)
-            out = retrain(exp, model, sp, s, f"gmp@{s:.3f}", [GradualPruning(sp, schedule)])
+            out = retrain(exp, model, sp, s, f"gmp@{s:.3f}", [GradualPruning(sp, schedule)], schedule.steps())
             out.notes["pruning_steps"] = schedule.steps()
             yield out
 
@@ -239,7 +295,7 @@ class OneShotBefore(Method):
 @register_method
 class OMPBefore(OneShotBefore):
     name = "omp_before"
-    settings = SelectionSettings
+    settings = SparseSettings
     criterion = MAGNITUDE
     summary = "global magnitude on θ0, fine-tune"
 

@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from smcbench.errors import SmcBenchError
-from smcbench.methods import DENSE, get_method
+from smcbench.methods import DENSE, get_method, method_settings
 from smcbench.runner.identity import config_id
 from smcbench.runner.single import RunRequest, dense_dir, execute, resolve, run_dir
 from smcbench.runner.spec import GridSpec
@@ -59,7 +59,10 @@ def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
 
 def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
     entries = [(get_method(name), {**spec.settings, **own}, own) for name, own in spec.method_entries()]
-    levels = {m.name: m.levels(spec.sparsities) for m, _, _ in entries}  # fails before any run when out of reach
+    # Fails before any run when a level is out of reach (per entry: a variant's settings may fix its level).
+    levels = [m.levels(spec.sparsities, method_settings(m.name, settings, f"method {m.name}"))
+              for m, settings, _ in entries]
+    needs_dense = [m.needs_dense or bool(settings.get("kd")) for m, settings, _ in entries]
     overrides = spec.overrides()
     nodes: list[Node] = []
     for entry in spec.tasks:
@@ -71,23 +74,23 @@ def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
             dense = RunRequest(task, DENSE, [], cfg, {}, out, progress=False)
             dense_id = config_id(dense.dense_config())
-            if any(not m.sparse or m.needs_dense for m, _, _ in entries):
+            if any(not m.sparse or needs for (m, _, _), needs in zip(entries, needs_dense, strict=True)):
                 nodes.append(Node(dense_id, f"{where}: {DENSE}", dense, ()))
-            for method, settings, own in entries:
+            for (method, settings, own), method_levels, needs in zip(entries, levels, needs_dense, strict=True):
                 if not method.sparse:
                     continue
                 # A variant shows its own settings.
                 name = method.name + (f" ({', '.join(f'{k}={v}' for k, v in own.items())})" if own else "")
-                start = (dense_id,) if method.needs_dense else ()
+                start = (dense_id,) if needs else ()
                 if method.chained:
                     previous = start
-                    for k, level in enumerate(method.chain(max(levels[method.name])), 1):
+                    for k, level in enumerate(method.chain(max(method_levels)), 1):
                         req = RunRequest(task, method.name, [level], cfg, settings, out, progress=False)
                         node_id = config_id(req.run_config(level))
                         nodes.append(Node(node_id, f"{where}: {name} round {k} ({level:.3f})", req, previous))
                         previous = (node_id,)
                     continue
-                for s in levels[method.name]:
+                for s in method_levels:
                     req = RunRequest(task, method.name, [s], cfg, settings, out, progress=False)
                     nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, start))
     return nodes

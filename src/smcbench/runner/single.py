@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,7 +34,7 @@ from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsit
 from smcbench.sparsity.selection import select_prunable
 from smcbench.tasks import TaskRun, TaskSpec, get_task
 from smcbench.tasks.registry import resolve_spec
-from smcbench.training import Callback, TrainConfig, loss_value, train
+from smcbench.training import Callback, TrainConfig, TrainResult, loss_value, train
 from smcbench.training.checkpoint import load_model_tensors, model_tensors, write_json
 
 
@@ -99,11 +100,20 @@ class LocalExperiment:
                      evaluate=self.task.validate, maximize=self.task.metric.higher_is_better, callbacks=callbacks,
                      checkpoint_dir=ckpt, loss_fn=self.task.loss, progress=self.request.progress, description=tag)
 
+    def untrained(self, model: nn.Module) -> TrainResult:
+        model.eval()
+        with torch.no_grad():
+            metric = float(self.task.validate(model))
+        return TrainResult(steps=0, seconds=0.0, examples_seen=0, best_metric=metric, best_step=0)
+
     def loss(self, model: nn.Module, batch: dict):
         return loss_value(self.task.loss(model, batch))
 
-    def score_batches(self) -> Iterator[dict]:
-        return self.task.score_batches(self.batch_size)
+    def outputs(self, model: nn.Module, batch: dict):
+        return self.task.loss(model, batch)
+
+    def score_batches(self, batch_size: int | None = None) -> Iterator[dict]:
+        return self.task.score_batches(batch_size or self.batch_size)
 
     def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
         folder = run_dir(self.request, {**self.request.run_config(sparsity), "method": method})
@@ -220,13 +230,13 @@ def execute(request: RunRequest) -> list[dict]:
         return [json.loads(done.read_text())]
     # The paper's grid by default (1 − 0.8^k, k = 1..10); the levels the method reaches (fails before any training
     # when one is out of reach).
-    request.sparsities = method.levels(request.sparsities or list(PAPER_GRID))
+    request.sparsities = method.levels(request.sparsities or list(PAPER_GRID), request.settings)
     done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
     pending = [s for s in request.sparsities if not done[s].is_file()]
     if pending:
         exp = LocalExperiment(request, task)
-        if method.needs_dense:
-            exp.dense_model()  # trained once, before any sparse run starts
+        if method.needs_dense or getattr(request.settings, "kd", False):
+            exp.dense_model()  # trained once, before any sparse run starts (the After methods' start, kd's teacher)
         store = ResultStore(request.out / "results.db")
         # A chained method reaches every level on the way to the highest: one chain.
         for target in [max(pending)] if method.chained else pending:

@@ -1,0 +1,161 @@
+"""Optimal BERT Surgeon (Kurtic et al. 2022): second-order pruning with a block-diagonal empirical Fisher.
+
+Each selected tensor, flattened, is cut into blocks of B consecutive weights (the last block padded). Per block the
+empirical Fisher is F = λI + (1/m) Σ_i g_i g_iᵀ over m gradients; its inverse is kept directly and updated with
+one Woodbury rank-one step per gradient,
+
+    F⁻¹ ← F⁻¹ − (F⁻¹g)(F⁻¹g)ᵀ / (m + gᵀF⁻¹g),
+
+so no d×d matrix and no B×B inversion per gradient ever exists: memory is d·B floats, work O(d·B) per gradient.
+
+Saliency of weight q: ρ_q = w_q² / (2 [F⁻¹]_qq) (the loss increase of removing it, OBS). After the mask is chosen,
+the weights still kept in a block move by the OBS update for the set Q pruned in that block,
+
+    δw = −F⁻¹[:, Q] (F⁻¹[Q, Q])⁻¹ w_Q,
+
+which zeroes w_Q and minimises the quadratic loss increase. Weights pruned earlier belong to Q too (their w is 0), so
+the update cannot revive them. Pure torch, tensors only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from smcbench.errors import SmcBenchError
+from smcbench.sparsity.scores import Index, Score, ScoreContext, register_score
+
+DEFAULT_BLOCK = 50  # oBERT's B
+DEFAULT_GRADIENTS = 1024  # oBERT's m
+DEFAULT_DAMP = 1e-7  # oBERT's λ (the Fisher's dampening)
+SOLVE_CHUNK = 8192  # blocks solved at once in the OBS update (bounds the temporaries to ~80 MB at B = 50)
+
+
+def _blocks(t: Tensor, block: int) -> Tensor:
+    """`t` flattened, zero-padded to a multiple of `block`, as (blocks, block) float32."""
+    flat = t.detach().reshape(-1).float()
+    pad = (-flat.numel()) % block
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block)
+
+
+class BlockFisherInverse:
+    """The inverse of a block-diagonal empirical Fisher over named tensors, built gradient by gradient."""
+
+    def __init__(self, shapes: dict[str, torch.Size], block: int = DEFAULT_BLOCK, num_grads: int = DEFAULT_GRADIENTS,
+                 damp: float = DEFAULT_DAMP, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if block < 1 or num_grads < 1 or damp <= 0:
+            raise SmcBenchError(f"oBERT needs block >= 1, gradients >= 1 and dampening > 0; got block {block}, "
+                                f"gradients {num_grads}, dampening {damp}")
+        self.block, self.num_grads, self.damp = block, num_grads, damp
+        self.shapes = dict(shapes)
+        self.added = 0
+        eye = torch.eye(block, device=device, dtype=dtype) / damp
+        self.inverse: dict[str, Tensor] = {}
+        for name, shape in self.shapes.items():
+            blocks = -(-shape.numel() // block)
+            self.inverse[name] = eye.expand(blocks, block, block).clone()
+
+    @staticmethod
+    def memory_bytes(numel: int, block: int = DEFAULT_BLOCK, bytes_per_float: int = 4) -> int:
+        """The inverses' size for `numel` weights (padding aside): d·B floats."""
+        return numel * block * bytes_per_float
+
+    @torch.no_grad()
+    def add(self, grads: dict[str, Tensor]) -> None:
+        """One gradient (of a single example or a small batch) per tensor: one Woodbury step per block."""
+        for name, inv in self.inverse.items():
+            g = _blocks(grads[name], self.block).to(inv.dtype).unsqueeze(-1)  # (blocks, B, 1)
+            u = torch.bmm(inv, g)  # F⁻¹g
+            denom = self.num_grads + torch.bmm(g.transpose(1, 2), u)  # m + gᵀF⁻¹g, (blocks, 1, 1)
+            inv.baddbmm_(u, u.transpose(1, 2) / denom, alpha=-1.0)
+        self.added += 1
+
+    def diagonal(self, name: str) -> Tensor:
+        """[F⁻¹]_qq for every weight of `name`, flat (padding dropped)."""
+        numel = self.shapes[name].numel()
+        return self.inverse[name].diagonal(dim1=1, dim2=2).reshape(-1)[:numel]
+
+    def saliency(self, name: str, weight: Tensor, index: Index = slice(None)) -> Tensor:
+        """ρ = w² / (2 [F⁻¹]_qq) for `weight.reshape(-1)[index]`."""
+        w = weight.detach().reshape(-1)[index].float()
+        return w.square() / (2.0 * self.diagonal(name)[index].float())
+
+    @torch.no_grad()
+    def update_weights(self, params: dict[str, nn.Parameter], masks: dict[str, Tensor],
+                       original: dict[str, Tensor] | None = None) -> None:
+        """The OBS update of every block for the weights its mask prunes; the pruned weights end exactly 0.
+        `original`: the weights before the mask zeroed them (`Sparsifier.prune` does), default the params."""
+        for name, inv in self.inverse.items():
+            p = params[name]
+            w = _blocks(p if original is None else original[name], self.block).to(inv.dtype)
+            pruned = ~_blocks(masks[name], self.block).bool()
+            numel = p.numel()
+            if w.numel() > numel:  # padding: "pruned" zeros that are decoupled from the rest (zero gradient)
+                pruned.view(-1)[numel:] = True
+            w_q = w * pruned
+            active = w_q.abs().sum(1).nonzero().squeeze(1)  # blocks with something to remove
+            delta = torch.zeros_like(w)
+            for a in range(0, active.numel(), SOLVE_CHUNK):
+                rows = active[a:a + SOLVE_CHUNK]
+                f, q, wq = inv[rows], pruned[rows], w_q[rows]
+                both = q.unsqueeze(2) & q.unsqueeze(1)
+                # F⁻¹[Q, Q] padded with the identity outside Q: one batched solve gives (F⁻¹[Q,Q])⁻¹ w_Q on Q, 0 off it.
+                eye = torch.eye(self.block, dtype=f.dtype, device=f.device).expand_as(f)
+                sub = torch.where(both, f, eye)
+                x = torch.linalg.solve(sub, wq.unsqueeze(-1))
+                delta[rows] = -torch.bmm(f, x).squeeze(-1)
+            new = (w + delta).masked_fill(pruned, 0.0)
+            p.copy_(new.reshape(-1)[:numel].view_as(p).to(p.dtype))
+
+
+def iter_gradients(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor], batches: Iterable[Any],
+                   count: int) -> Iterable[dict[str, Tensor]]:
+    """The gradient of `loss(batch)` for each of the first `count` batches, one at a time. Through
+    `torch.autograd.grad`: no parameter's `.grad` is touched (a pruning step inside training must not leave
+    gradients behind for the next update)."""
+    names, tensors = list(params), list(params.values())
+    seen = 0
+    for batch in batches:
+        if seen == count:
+            break
+        grads = torch.autograd.grad(loss(batch), tensors, allow_unused=True)
+        yield {n: g if g is not None else torch.zeros_like(p) for n, p, g in zip(names, tensors, grads, strict=True)}
+        seen += 1
+    if seen < count:
+        raise SmcBenchError(f"oBERT asked for {count} gradients but the training data gave {seen} batches: lower "
+                            "obert_gradients or the batch size")
+
+
+def collect_fisher(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor], batches: Iterable[Any],
+                   num_grads: int = DEFAULT_GRADIENTS, block: int = DEFAULT_BLOCK,
+                   damp: float = DEFAULT_DAMP) -> BlockFisherInverse:
+    """The block Fisher inverse of `params` from `num_grads` gradients of `loss` over `batches`."""
+    first = next(iter(params.values()))
+    fisher = BlockFisherInverse({n: p.shape for n, p in params.items()}, block, num_grads, damp, first.device)
+    for grads in iter_gradients(params, loss, batches, num_grads):
+        fisher.add(grads)
+    return fisher
+
+
+@register_score("obert")
+class OBertScore(Score):
+    """oBERT's saliency w² / (2 [F⁻¹]_qq). Built from a context's loss and batches (its `num_batches` gradients,
+    default block and dampening); the method that prunes with it then calls `fisher.update_weights`."""
+
+    def __init__(self, fisher: BlockFisherInverse) -> None:
+        self.fisher = fisher
+
+    @classmethod
+    def from_context(cls, context: ScoreContext) -> OBertScore:
+        if context.loss is None or context.batches is None:
+            raise SmcBenchError("the obert score needs gradients: give the pruning step a loss and training batches")
+        return cls(collect_fisher(context.params, context.loss, context.batches(), context.num_batches))
+
+    def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
+        return self.fisher.saliency(name, weight, index)
