@@ -1,5 +1,7 @@
 """oBERT, SparseGPT and Wanda as methods, the no-retraining setting, N:M, and the Appendix C recipe (lrr, kd)."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -171,3 +173,19 @@ def test_layerwise_methods_reach_exactly_their_level_through_get_method():
     settings = method_settings("wanda", {"pattern": "1:4"}, "settings")
     assert wanda.levels([0.75], settings) == [0.75]
     assert wanda.levels([0.2, 0.5], method_settings("wanda", {}, "settings")) == [0.2, 0.5]
+
+
+def test_true_by_default_settings_can_be_switched_off_on_the_command_line(tiny_model_path, data_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from smcbench.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", "commonsense/csqa", "--method", "omp_after", "--no-retrain", "--sparsity", "0.5", "--model",
+        tiny_model_path, "--data-dir", str(data_root), "--train-size", "24", "--val-size", "8", "--eval-size", "8",
+        "--max-length", "32", "--batch-size", "4", "--max-steps", "2", "--no-bucket-by-length", "--quiet", "--out",
+        str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    [r] = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("result.json")]
+    assert r["steps"] == 0 and r["config"]["settings"] == {"retrain": False}
+    assert r["config"]["train"]["bucket_by_length"] is False

@@ -112,6 +112,8 @@ class Settings(BaseModel):
                 continue
             kind, _ = cls.CLI_FORMS.get(name, (_cli_type(info.annotation), None))
             flag = cls.CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+            if kind is bool:  # both ways: a field whose default is true must be switchable off
+                flag = f"{flag}/--no-{flag[2:]}"
             option = typer.Option(None, flag, help=info.description or "")
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=kind | None))
