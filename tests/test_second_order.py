@@ -292,3 +292,12 @@ def test_sequential_statistics_come_from_the_pruned_earlier_layers():
     expected = model[0](batch).detach().double().square().sum(0)  # layer 0 as pruned
     torch.testing.assert_close(captured["1.weight"], expected)
     assert not math.isclose(captured["0.weight"].sum().item(), expected.sum().item())
+
+
+def test_fisher_that_cannot_fit_is_refused_with_the_block_size_that_would(monkeypatch):
+    import smcbench.sparsity.obert as obert
+
+    monkeypatch.setattr(obert, "_available_ram", lambda: 10 * 2**30)
+    BlockFisherInverse.check_fits(10_000_000, 50)  # MiniLM's encoder at B = 50: 1.9 GiB
+    with pytest.raises(SmcBenchError, match=r"need 56\.3 GiB, 10\.0 GiB is free on cpu: use --obert-block 7 or"):
+        BlockFisherInverse.check_fits(302_000_000, 50)  # RoBERTa-large's encoder

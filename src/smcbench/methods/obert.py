@@ -92,6 +92,8 @@ class OBert(Method):
         for s in sparsities:
             model = exp.dense_model()
             sp = st.sparsifier(model)
+            BlockFisherInverse.check_fits(sum(p.numel() for p in sp.params.values()), st.obert_block,
+                                          next(iter(sp.params.values())).device)
             step = OBertStep(exp)
             if st.one_shot:
                 step(sp, s)

@@ -34,6 +34,18 @@ DEFAULT_DAMP = 1e-7  # oBERT's λ (the Fisher's dampening)
 SOLVE_CHUNK = 8192  # blocks solved at once in the OBS update (bounds the temporaries to ~80 MB at B = 50)
 
 
+def _available_ram() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def _blocks(t: Tensor, block: int) -> Tensor:
     """`t` flattened, zero-padded to a multiple of `block`, as (blocks, block) float32."""
     flat = t.detach().reshape(-1).float()
@@ -65,6 +77,23 @@ class BlockFisherInverse:
     def memory_bytes(numel: int, block: int = DEFAULT_BLOCK, bytes_per_float: int = 4) -> int:
         """The inverses' size for `numel` weights (padding aside): d·B floats."""
         return numel * block * bytes_per_float
+
+    @staticmethod
+    def check_fits(numel: int, block: int, device: torch.device | str = "cpu") -> None:
+        """Refuse before any work when the inverses cannot fit in the device's free memory (with a margin for
+        the gradients and temporaries), naming what to change."""
+        device = torch.device(device)
+        need = BlockFisherInverse.memory_bytes(numel, block)
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = _available_ram()
+        if free is not None and need > 0.8 * free:
+            fit = max(1, int(0.8 * free / (numel * 4)))
+            raise SmcBenchError(f"oBERT's Fisher inverses for {numel:,} weights at block size {block} need "
+                                f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on {device}: use "
+                                f"--obert-block {fit} or smaller (memory is B floats per weight), or prune fewer "
+                                "tensors (--preset encoder, --include)")
 
     @torch.no_grad()
     def add(self, grads: dict[str, Tensor]) -> None:
