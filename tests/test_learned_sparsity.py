@@ -1,0 +1,118 @@
+"""Sparse variational dropout and L0 gates in the engine: the published formulas, against Monte-Carlo."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from smcbench.errors import SmcBenchError
+from smcbench.sparsity.learned import (
+    L0_GAMMA,
+    L0Gates,
+    VariationalDropout,
+    gate_open_probability,
+    hard_concrete_deterministic,
+    hard_concrete_sample,
+    vd_kl,
+)
+
+
+def true_neg_kl_up_to_constant(log_alpha, samples=2_000_000):
+    """Molchanov et al. eq. 13: −KL = ½ log α − E_{ε~N(1, α)} log|ε| + C."""
+    gen = torch.Generator().manual_seed(0)
+    alpha = math.exp(log_alpha)
+    eps = 1 + math.sqrt(alpha) * torch.randn(samples, generator=gen, dtype=torch.float64)
+    return 0.5 * log_alpha - eps.abs().log().mean().item()
+
+
+def test_vd_kl_approximation_follows_the_true_kl_at_several_log_alphas():
+    points = [-3.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+    true = [true_neg_kl_up_to_constant(a) for a in points]
+    approx = [-vd_kl(torch.tensor(a)).item() for a in points]
+    # The constant C cancels in differences; the published fit is within ~0.01 nats.
+    for i in range(1, len(points)):
+        assert (approx[i] - approx[0]) == pytest.approx(true[i] - true[0], abs=0.03)
+    assert vd_kl(torch.tensor(20.0)).item() == pytest.approx(0.0, abs=1e-6)  # α → ∞: the prior itself
+    assert vd_kl(torch.tensor(-5.0)) > vd_kl(torch.tensor(0.0)) > vd_kl(torch.tensor(5.0))  # decreasing in α
+
+
+def test_local_reparameterisation_matches_sampled_weights_in_distribution():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3)
+    vd = VariationalDropout(layer, {"weight": layer.weight})
+    with torch.no_grad():
+        vd.extra["weight"].copy_(torch.randn(3, 6) * 0.5 - 2)
+    vd.install()
+    x = torch.randn(1, 6)
+    n = 40_000
+    local = torch.stack([layer(x)[0] for _ in range(n // 100) for _ in range(100)]).detach()
+    sigma = vd.extra["weight"].exp().sqrt().detach()
+    w = layer.weight.detach() + sigma * torch.randn(n, 3, 6)
+    sampled = (w @ x[0]) + layer.bias.detach()
+    torch.testing.assert_close(local.mean(0), sampled.mean(0), atol=0.03, rtol=0.0)
+    torch.testing.assert_close(local.var(0), sampled.var(0), rtol=0.05, atol=1e-3)
+    vd.remove()
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias)  # no hook, no noise
+
+
+def test_vd_evaluation_drops_weights_above_the_threshold_and_embeddings_get_row_noise():
+    torch.manual_seed(1)
+    emb, lin = nn.Embedding(10, 4), nn.Linear(4, 2)
+    model = nn.Sequential(emb, lin)
+    vd = VariationalDropout(model, {"0.weight": emb.weight, "1.weight": lin.weight})
+    with torch.no_grad():
+        vd.extra["1.weight"][0, :] = 5.0  # log σ² = 5: log α ≫ 3 for row 0
+    vd.install()
+    model.eval()
+    ids = torch.tensor([[1, 2, 3]])
+    out = model(ids)
+    expected = emb(ids) @ (lin.weight * torch.tensor([[0.0], [1.0]])).T + lin.bias
+    torch.testing.assert_close(out, expected)
+    assert not vd.kept()["1.weight"][0].any() and vd.kept()["1.weight"][1].all()
+    model.train()
+    assert not torch.equal(model(ids), model(ids))  # noise in training
+    with pytest.raises(SmcBenchError, match="handles Linear and Embedding"):
+        gru = nn.GRU(4, 4)
+        VariationalDropout(gru, {"weight_ih_l0": gru.weight_ih_l0})
+
+
+def test_hard_concrete_samples_lie_in_the_unit_interval_with_exact_zeros_and_ones():
+    torch.manual_seed(2)
+    z = hard_concrete_sample(torch.zeros(100_000))
+    assert z.min() == 0.0 and z.max() == 1.0 and ((z > 0) & (z < 1)).any()
+    assert (z == 0).float().mean() > 0.05 and (z == 1).float().mean() > 0.05
+    assert hard_concrete_deterministic(torch.tensor([-10.0, 10.0])).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("log_alpha", [-3.0, -0.5, 0.0, 1.0, 4.0])
+def test_expected_l0_equals_a_monte_carlo_estimate(log_alpha):
+    torch.manual_seed(3)
+    z = hard_concrete_sample(torch.full((400_000,), log_alpha))
+    assert gate_open_probability(torch.tensor(log_alpha)).item() == pytest.approx((z > 0).float().mean().item(),
+                                                                                  abs=0.005)
+    assert L0_GAMMA < 0  # the stretch that makes exact zeros possible
+
+
+def test_l0_gates_scale_weights_and_fold_into_them():
+    torch.manual_seed(4)
+    lin = nn.Linear(5, 3)
+    gates = L0Gates(lin, {"weight": lin.weight}, initial_keep=0.9)
+    assert gates.penalty().item() == pytest.approx(gate_open_probability(torch.tensor(math.log(9))).item(), abs=0.01)
+    with torch.no_grad():
+        gates.extra["weight"][0] = -10.0  # row 0 closed
+    gates.install()
+    lin.eval()
+    x = torch.randn(2, 5)
+    z = hard_concrete_deterministic(gates.extra["weight"].detach())
+    torch.testing.assert_close(lin(x), x @ (lin.weight * z).T + lin.bias)
+    assert gates.reached_sparsity() == pytest.approx(5 / 15)
+    expected = lin(x).detach()
+    gates.fold()
+    gates.remove()
+    torch.testing.assert_close(lin(x), expected)
+    assert (lin.weight[0] == 0).all()
+    state = gates.state_dict()
+    other = L0Gates(lin, {"weight": lin.weight})
+    other.load_state_dict(state)
+    assert torch.equal(other.extra["weight"], gates.extra["weight"])
