@@ -72,7 +72,7 @@ def test_vd_evaluation_drops_weights_above_the_threshold_and_embeddings_get_row_
     assert not vd.kept()["1.weight"][0].any() and vd.kept()["1.weight"][1].all()
     model.train()
     assert not torch.equal(model(ids), model(ids))  # noise in training
-    with pytest.raises(SmcBenchError, match="handles Linear and Embedding"):
+    with pytest.raises(SmcBenchError, match="not .only. the weight of Linear or Embedding layers"):
         gru = nn.GRU(4, 4)
         VariationalDropout(gru, {"weight_ih_l0": gru.weight_ih_l0})
 
@@ -116,3 +116,73 @@ def test_l0_gates_scale_weights_and_fold_into_them():
     other = L0Gates(lin, {"weight": lin.weight})
     other.load_state_dict(state)
     assert torch.equal(other.extra["weight"], gates.extra["weight"])
+
+
+# --- in the training loop ---------------------------------------------------------------------------------------
+
+from smcbench.methods.callbacks import LearnedSparsityTraining  # noqa: E402
+from smcbench.training import TrainConfig, train  # noqa: E402
+from test_training import Crash, Regression, collate, data  # noqa: E402
+
+
+def learned(kind, model, **kw):
+    params = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    return VariationalDropout(model, params, **kw) if kind == "vd" else L0Gates(model, params, **kw)
+
+
+@pytest.mark.parametrize("kind, weight", [("vd", 3.0), ("l0", 10.0)])
+def test_a_large_penalty_drives_a_tiny_model_sparse_and_zero_leaves_it_dense(kind, weight):
+    cfg = TrainConfig(lr=0.01, batch_size=8, max_steps=150)
+    model = Regression()
+    strong = learned(kind, model)
+    train(model, data(), collate, cfg, callbacks=[LearnedSparsityTraining(strong, weight, 10, 0.1)], progress=False)
+    assert strong.reached_sparsity() > 0.5
+    model = Regression()
+    none = learned(kind, model)
+    train(model, data(), collate, cfg, callbacks=[LearnedSparsityTraining(none, 0.0, 0, 0.1)], progress=False)
+    assert none.reached_sparsity() < 0.05
+
+
+@pytest.mark.parametrize("kind", ["vd", "l0"])
+def test_learned_parameters_resume_from_a_checkpoint_mid_training(kind, tmp_path):
+    cfg = TrainConfig(lr=0.01, batch_size=8, max_steps=9, eval_every=3)
+
+    def run(callbacks, folder=None):
+        model = Regression()
+        learner = learned(kind, model)
+        torch.manual_seed(5)  # the gates' / noise's samples follow the run's RNG, restored from checkpoints
+        train(model, data(), collate, cfg, evaluate=lambda m: 0.0, checkpoint_dir=folder, progress=False,
+              callbacks=[LearnedSparsityTraining(learner, 1.0, 3, 0.05), *callbacks])
+        return model, learner
+
+    reference, ref_learner = run([Crash(-1)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run([Crash(5)], tmp_path)
+    resumed, res_learner = run([Crash(-1)], tmp_path)
+    for name, p in ref_learner.extra.items():
+        torch.testing.assert_close(res_learner.extra[name], p, atol=1e-6, rtol=0)
+    torch.testing.assert_close(list(resumed.parameters())[0], list(reference.parameters())[0], atol=1e-6, rtol=0)
+
+
+def test_tied_weights_are_gated_in_every_module_using_them_and_subclass_extras_stay():
+    class ScaledEmbedding(nn.Embedding):  # as mBART's: the module scales its own output
+        def forward(self, ids):
+            return super().forward(ids) * 4.0
+
+    torch.manual_seed(6)
+    emb = ScaledEmbedding(7, 3)
+    head = nn.Linear(3, 7, bias=False)
+    head.weight = emb.weight  # tied
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    gates = L0Gates(model, {"emb.weight": emb.weight})
+    assert [type(m).__name__ for m in gates.modules["emb.weight"]] == ["ScaledEmbedding", "Linear"]
+    with torch.no_grad():
+        gates.extra["emb.weight"][2] = -10.0  # token 2's row closed
+    gates.install()
+    model.eval()
+    ids = torch.tensor([1, 2])
+    z = hard_concrete_deterministic(gates.extra["emb.weight"].detach())
+    torch.testing.assert_close(emb(ids), (emb.weight * z)[ids] * 4.0)
+    assert (emb(ids)[1] == 0).all()
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(head(x), x @ (emb.weight * z).T)

@@ -71,9 +71,9 @@ class Spy(LocalExperiment):
         super().__init__(*args)
         self.starts = []
 
-    def fine_tune(self, model, callbacks, tag):
+    def fine_tune(self, model, callbacks, tag, steps=None):
         self.starts.append((tag, {n: p.detach().clone() for n, p in model.named_parameters()}))
-        return super().fine_tune(model, callbacks, tag)
+        return super().fine_tune(model, callbacks, tag, steps)
 
 
 def run_spy(tiny_model_path, data_root, tmp_path, method, sparsities):

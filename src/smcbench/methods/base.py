@@ -70,8 +70,8 @@ class Experiment(Protocol):
     def initial_model(self) -> nn.Module:
         """θ0: pretrained weights and the head's seeded initial weights, identical at every call."""
 
-    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str) -> Any:
-        """Train `model` in place with the full schedule; returns the loop's TrainResult."""
+    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str, steps: int | None = None) -> Any:
+        """Train `model` in place with the full schedule (or `steps` updates of it); returns the TrainResult."""
 
     def untrained(self, model: nn.Module) -> Any:
         """A TrainResult for a model used as it is (no update), with its validation metric."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from smcbench.sparsity import GradualSchedule, RigLSchedule, Sparsifier
+from smcbench.sparsity.learned import LearnedSparsity
 from smcbench.sparsity.scores import Score
 from smcbench.training import Callback, LoopState
 
@@ -89,3 +90,36 @@ class RigLUpdates(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state.get("rigl_updates", 0))
+
+
+class LearnedSparsityTraining(Callback):
+    """A method that learns its sparsity (sparsity.learned): its per-weight parameters join the optimizer (their own
+    learning rate, no weight decay), its hooks enter the model, and `weight · ramp(step) · penalty` joins every
+    micro-batch's loss, the ramp rising linearly from 0 over the first `warmup_steps` updates. Its parameters are
+    part of every checkpoint, so a resumed run continues where it stopped."""
+
+    order = ORDER_MASK_UPDATES
+
+    def __init__(self, learner: LearnedSparsity, weight: float, warmup_steps: int, lr: float) -> None:
+        self.learner, self.weight, self.warmup_steps, self.lr = learner, weight, warmup_steps, lr
+
+    def parameter_groups(self, model) -> list[dict]:
+        return [{"params": self.learner.parameters(), "lr": self.lr, "weight_decay": 0.0}]
+
+    def on_train_begin(self, state: LoopState) -> None:
+        self.learner.install()
+
+    def ramp(self, step: int) -> float:
+        return min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+
+    def loss(self, state: LoopState, batch: dict, outputs, loss):
+        if not self.weight:
+            return loss
+        return loss + self.weight * self.ramp(state.step) * self.learner.penalty().to(loss.dtype)
+
+    def state_dict(self) -> dict:
+        return {"learned": self.learner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "learned" in state:
+            self.learner.load_state_dict(state["learned"])

@@ -109,11 +109,11 @@ def prune(exp: Experiment, model: nn.Module, sparsity: float, criterion: Criteri
 
 
 def retrain(exp: Experiment, model: nn.Module, sp: Sparsifier, sparsity: float, tag: str,
-            extra: list[Callback] = (), pruning_steps: list[int] = ()) -> Outcome:
-    """Train the pruned model with the full schedule, masks exact; the recipe's callbacks when its settings ask
-    (`pruning_steps`: the updates after which `extra` prunes, for learning-rate rewinding)."""
+            extra: list[Callback] = (), pruning_steps: list[int] = (), steps: int | None = None) -> Outcome:
+    """Train the pruned model with the full schedule (or `steps` updates), masks exact; the recipe's callbacks
+    when its settings ask (`pruning_steps`: the updates after which `extra` prunes, for learning-rate rewinding)."""
     recipe = recipe_callbacks(exp.settings, exp.dense_model, exp.outputs, pruning_steps)
-    result = exp.fine_tune(model, [*extra, *recipe, MaskEnforcer(sp)], tag)
+    result = exp.fine_tune(model, [*extra, *recipe, MaskEnforcer(sp)], tag, steps)
     return Outcome(sparsity, model, sp, result)
 
 

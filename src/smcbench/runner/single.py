@@ -92,11 +92,12 @@ class LocalExperiment:
     def initial_model(self) -> nn.Module:
         return self.task.initial_model()
 
-    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str):
+    def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str, steps: int | None = None):
         # One checkpoint folder per training (LTH trains several per run), removed when its run is written.
         ckpt = self.request.out / "checkpoints" / config_id({"run": self.current_id, "tag": tag})
         self.checkpoints.append(ckpt)
-        return train(model, self.examples, self.task.collate, self.request.train, lengths=self.lengths,
+        cfg = self.request.train if steps is None else self.request.train.model_copy(update={"max_steps": steps})
+        return train(model, self.examples, self.task.collate, cfg, lengths=self.lengths,
                      evaluate=self.task.validate, maximize=self.task.metric.higher_is_better, callbacks=callbacks,
                      checkpoint_dir=ckpt, loss_fn=self.task.loss, progress=self.request.progress, description=tag)
 

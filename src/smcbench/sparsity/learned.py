@@ -57,24 +57,36 @@ def gate_open_probability(log_alpha: Tensor) -> Tensor:
     return torch.sigmoid(log_alpha - L0_BETA * math.log(-L0_GAMMA / L0_ZETA))
 
 
-def _owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
-    owners: dict[str, nn.Module] = {}
+def owners(model: nn.Module, params: dict[str, nn.Parameter]) -> tuple[dict[str, list[nn.Module]], list[str]]:
+    """Every Linear or Embedding module using each selected weight (a tied weight: all of them, e.g. an embedding
+    and the LM head), and the names of the weights some other module uses, or none does (recurrent, convolution
+    weights: the hooks cannot reach the weight those modules use)."""
+    found: dict[str, list[nn.Module]] = {n: [] for n in params}
+    unsupported = set()
     for module in model.modules():
         for name, p in params.items():
-            if getattr(module, "weight", None) is p and name not in owners:
-                owners[name] = module
-    for name in params:
-        module = owners.get(name)
-        if not isinstance(module, nn.Linear | nn.Embedding):
-            kind = type(module).__name__ if module is not None else "no module"
-            raise SmcBenchError(f"{name!r} belongs to {kind}: learned sparsity (variational dropout, L0) handles "
-                                "Linear and Embedding weights; --exclude that tensor")
-    return owners
+            if getattr(module, "weight", None) is p:
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    found[name].append(module)
+                else:
+                    unsupported.add(name)
+    bad = [n for n in params if n in unsupported or not found[n]]
+    return {n: ms for n, ms in found.items() if n not in bad}, bad
 
 
-def _embed(module: nn.Embedding, ids: Tensor, weight: Tensor) -> Tensor:
-    return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type, module.scale_grad_by_freq,
-                       module.sparse)
+class _Substitute:
+    """Runs a module's own forward with another weight (so a subclass's extras, e.g. a scaled embedding, stay),
+    from inside that module's forward hook: the re-entry is flagged so the hook lets it through."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def __call__(self, module: nn.Module, weight: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        self.active = True
+        try:
+            return torch.func.functional_call(module, {"weight": weight}, args, kwargs)
+        finally:
+            self.active = False
 
 
 class LearnedSparsity(ABC):
@@ -83,17 +95,21 @@ class LearnedSparsity(ABC):
     kind: str
 
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter]) -> None:
+        self.modules, unsupported = owners(model, params)
+        if unsupported:
+            raise SmcBenchError(f"{unsupported[0]!r} is not (only) the weight of Linear or Embedding layers: learned "
+                                "sparsity (variational dropout, L0) handles those only")
         self.params = params
-        self.modules = _owners(model, params)
         self.extra: dict[str, nn.Parameter] = {n: nn.Parameter(self.initial(p)) for n, p in params.items()}
         self._handles: list = []
+        self._substitute = _Substitute()
 
     @abstractmethod
     def initial(self, weight: Tensor) -> Tensor:
         """The extra tensor's initial value for `weight`."""
 
     @abstractmethod
-    def forward_output(self, name: str, module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
         """The module's output as the method sees it (training or evaluation, by `module.training`)."""
 
     @abstractmethod
@@ -114,15 +130,21 @@ class LearnedSparsity(ABC):
     def install(self) -> None:
         if self._handles:
             return
-        for name, module in self.modules.items():
-            hook = self._hook(name)
-            self._handles.append(module.register_forward_hook(hook))
+        for name, modules in self.modules.items():
+            for module in modules:
+                self._handles.append(module.register_forward_hook(self._hook(name), with_kwargs=True))
 
     def _hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return self.forward_output(name, module, args[0], out)
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+            if self._substitute.active:  # the substituted call itself
+                return out
+            return self.forward_output(name, module, args, kwargs, out)
 
         return hook
+
+    def call_with(self, module: nn.Module, weight: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        """`module`'s output on the same inputs with `weight` in place of its own."""
+        return self._substitute(module, weight, args, kwargs)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -134,6 +156,7 @@ class LearnedSparsity(ABC):
         total = sum(m.numel() for m in kept.values())
         return 1.0 - sum(int(m.count_nonzero()) for m in kept.values()) / total
 
+    @abstractmethod
     def fold(self) -> None:
         """Make the plain weights what the method's evaluation uses (before its hooks go)."""
 
@@ -164,15 +187,15 @@ class VariationalDropout(LearnedSparsity):
         w = self.params[name]
         return (self.extra[name] - torch.log(w.float().square() + EPS)).clamp(*LOG_ALPHA_CLIP)
 
-    def forward_output(self, name: str, module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
-        sigma2 = self.extra[name].exp()
+    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+        sigma2 = self.extra[name].exp().to(module.weight.dtype)
         if not module.training:
             keep = (self.log_alpha(name) < self.threshold).to(module.weight.dtype)
-            w = module.weight * keep
-            return _embed(module, x, w) if isinstance(module, nn.Embedding) else F.linear(x, w, module.bias)
-        if isinstance(module, nn.Embedding):
-            return out + F.embedding(x, sigma2.sqrt().to(out.dtype)) * torch.randn_like(out)
-        variance = F.linear(x.square(), sigma2.to(x.dtype))
+            return self.call_with(module, module.weight * keep, args, kwargs)
+        if isinstance(module, nn.Embedding):  # the looked-up rows of σ (the module's own scaling kept) times ε
+            return out + self.call_with(module, sigma2.sqrt(), args, kwargs) * torch.randn_like(out)
+        x = args[0] if args else kwargs["input"]
+        variance = F.linear(x.square(), sigma2)
         return out + (variance + EPS).sqrt() * torch.randn_like(out)
 
     def penalty(self) -> Tensor:
@@ -184,6 +207,9 @@ class VariationalDropout(LearnedSparsity):
 
     def kept(self) -> dict[str, Tensor]:
         return {n: self.log_alpha(n).detach() < self.threshold for n in self.extra}
+
+    def fold(self) -> None:
+        """Nothing to fold: evaluation uses θ itself where it keeps a weight (the mask does the rest)."""
 
 
 class L0Gates(LearnedSparsity):
@@ -207,10 +233,10 @@ class L0Gates(LearnedSparsity):
         log_alpha = self.extra[name]
         return hard_concrete_sample(log_alpha) if training else hard_concrete_deterministic(log_alpha)
 
-    def forward_output(self, name: str, module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
         # The module's own output is discarded: it used θ, not θ ⊙ z (the price of leaving the model untouched).
         w = module.weight * self.gate(name, module.training).to(module.weight.dtype)
-        return _embed(module, x, w) if isinstance(module, nn.Embedding) else F.linear(x, w, module.bias)
+        return self.call_with(module, w, args, kwargs)
 
     def penalty(self) -> Tensor:
         total = sum(gate_open_probability(p).sum() for p in self.extra.values())
