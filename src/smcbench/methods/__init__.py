@@ -1,7 +1,7 @@
 """Methods: objects registered by name (`register_method`), each declaring what the runner needs and the schema of
 its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity callbacks for the training loop."""
 
-from smcbench.methods import learned, obert, paper, posttraining  # noqa: F401  (register the methods)
+from smcbench.methods import learned, obert, paper, posttraining, scratch  # noqa: F401  (register the methods)
 from smcbench.methods.base import (
     DENSE,
     METHODS,

@@ -66,6 +66,7 @@ class Experiment(Protocol):
     settings: Any  # the running method's settings (an instance of its `settings` schema)
     total_steps: int
     batch_size: int
+    seed: int  # the run's seed
 
     def initial_model(self) -> nn.Module:
         """θ0: pretrained weights and the head's seeded initial weights, identical at every call."""
@@ -88,6 +89,9 @@ class Experiment(Protocol):
     def score_batches(self, batch_size: int | None = None) -> Iterable[dict]:
         """Training batches in a seeded order (of the training batch size unless given)."""
 
+    def source_masks(self, method: str, sparsity: float) -> dict:
+        """The masks of `method`'s run at `sparsity` with this run's selection (run first if missing)."""
+
     def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
         """The trained model and masks of a run finished earlier, if any (lets a rerun chain resume)."""
 
@@ -106,6 +110,10 @@ class Method(ABC):
         """The levels the method reaches for the requested ones with these settings (an error when one is out of
         reach)."""
         return list(requested)
+
+    def sources(self, settings: Settings) -> list[str]:
+        """Methods whose runs at the same level this one reads (their masks): the grid runs them first."""
+        return []
 
     def chain(self, level: float) -> list[float]:
         """A chained method: every level it trains on the way to `level`, in order, `level` last."""

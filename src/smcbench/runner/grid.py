@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from smcbench.errors import SmcBenchError
-from smcbench.methods import DENSE, get_method, method_settings
+from smcbench.methods import DENSE, SelectionSettings, get_method, method_settings
 from smcbench.runner.identity import config_id
 from smcbench.runner.single import RunRequest, dense_dir, execute, resolve, run_dir
 from smcbench.runner.spec import GridSpec
@@ -92,8 +92,31 @@ def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
                     continue
                 for s in method_levels:
                     req = RunRequest(task, method.name, [s], cfg, settings, out, progress=False)
-                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, start))
+                    deps = start + tuple(_source_node(nodes, req, source, s, where, dense)
+                                         for source in method.sources(req.settings))
+                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, deps))
     return nodes
+
+
+def _source_node(nodes: list[Node], req: RunRequest, source: str, level: float, where: str,
+                 dense: RunRequest) -> str:
+    """The id of the run whose mask `req` trains again (its method `source`, the same level and selection), added
+    to `nodes` when the grid does not list it, with the dense run it starts from."""
+    selection = {k: v for k, v in req.settings.identity().items() if k in SelectionSettings.model_fields}
+    src = RunRequest(req.spec, source, [level], req.train, selection, req.out, progress=False)
+    method = get_method(source)
+    level = method.levels([level], src.settings)[-1]
+    src_id = config_id(src.run_config(level))
+    known = {n.id for n in nodes}
+    if src_id not in known:
+        deps: tuple[str, ...] = ()
+        if method.needs_dense:
+            deps = (config_id(dense.dense_config()),)
+            if deps[0] not in known:
+                nodes.append(Node(deps[0], f"{where}: {DENSE}", dense, ()))
+        # A chained source (LTH) not in the grid runs its whole chain inside this node.
+        nodes.append(Node(src_id, f"{where}: {source} @ {level:.3f} (mask source)", src, deps))
+    return src_id
 
 
 def _run_node(request: RunRequest, threads: int) -> str:

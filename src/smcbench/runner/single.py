@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import smcbench
-from smcbench.methods import DENSE, NoSettings, Outcome, get_method, method_settings
+from smcbench.methods import DENSE, NoSettings, Outcome, SelectionSettings, get_method, method_settings
 from smcbench.runner.identity import config_id, run_config
 from smcbench.runner.migrate import migrate
 from smcbench.runner.store import ResultStore
@@ -85,6 +85,7 @@ class LocalExperiment:
         examples, self.lengths = task.train_examples()
         self.examples = examples
         self.total_steps = request.train.total_steps(len(examples))
+        self.seed = request.spec.seed
         self.dense_trainings = 0
         self.current_id: str | None = None
         self.checkpoints: list[Path] = []
@@ -123,6 +124,13 @@ class LocalExperiment:
         model = self.initial_model()
         load_model_tensors(model, load_file(str(folder / "model.safetensors")))
         return model, read_masks(folder / "masks.safetensors")
+
+    def source_masks(self, method: str, sparsity: float) -> dict:
+        selection = {k: v for k, v in self.settings.identity().items() if k in SelectionSettings.model_fields}
+        source = RunRequest(self.request.spec, method, [sparsity], self.request.train, selection, self.request.out,
+                            self.request.progress)
+        [record] = execute(source)  # nothing to do when it is finished (a grid runs it first)
+        return read_masks(Path(record["dir"]) / "masks.safetensors")
 
     def dense_model(self) -> nn.Module:
         """A fresh copy of the dense fine-tune, trained (by the dense method) the first time only."""
