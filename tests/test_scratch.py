@@ -99,3 +99,14 @@ def test_scratch_source_must_be_a_sparse_method_and_the_grid_runs_it_first(tiny_
     assert set(nodes) == {"dense", "omp_after @ 0.200 (mask source)", "scratch_e @ 0.200"}
     assert nodes["scratch_e @ 0.200"].deps == (nodes["omp_after @ 0.200 (mask source)"].id,)
     assert nodes["omp_after @ 0.200 (mask source)"].deps == (nodes["dense"].id,)
+
+
+def test_the_state_of_sparsity_preset_sweeps_penalties_as_variants_and_runs_sources_first():
+    nodes = expand(load_spec("state-of-sparsity"))
+    seed0 = [n for n in nodes if n.request.spec.seed == 0]
+    labels = [n.label.split(": ", 1)[1] for n in seed0]
+    assert sum(label.startswith("variational_dropout (vd_kl_weight=") for label in labels) == 3 * 10
+    assert sum(label.startswith("l0 (l0_lambda=") for label in labels) == 3 * 10
+    scratch = next(n for n in seed0 if n.request.method == "scratch_b")
+    [source] = [n for n in seed0 if n.id in scratch.deps]
+    assert source.request.method == "omp_after" and source.request.sparsities == scratch.request.sparsities
