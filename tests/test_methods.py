@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from helpers import TINY_SETTINGS, assert_exact_sparsity
+from helpers import TINY_SETTINGS, assert_exact_sparsity, csqa_request
 from smcbench.methods import METHODS
-from smcbench.runner.single import LocalExperiment, RunRequest, execute
+from smcbench.runner.single import LocalExperiment, execute
 from smcbench.runner.store import ResultStore
 from smcbench.sparsity import read_masks
 from smcbench.tasks import TaskSpec
@@ -17,17 +17,7 @@ from smcbench.training import TrainConfig
 SPARSE_METHODS = [m for m in METHODS if m != "dense"]
 
 
-def request(tiny_model_path, data_root, out, method, sparsities, **settings):
-    return RunRequest(
-        spec=TaskSpec("commonsense/csqa", tiny_model_path, str(data_root), train_size=24, val_size=8, eval_size=8,
-                      max_length=32),
-        method=method,
-        sparsities=sparsities,
-        train=TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3),
-        settings=settings,
-        out=out,
-        progress=False,
-    )
+request = csqa_request
 
 
 @pytest.mark.parametrize("method", SPARSE_METHODS)

@@ -6,23 +6,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import csqa_request
 from smcbench.errors import SmcBenchError
 from smcbench.methods import get_method, method_settings
 from smcbench.methods.recipe import Distillation, LRRewinding, distillation_loss
 from smcbench.runner.grid import expand
-from smcbench.runner.single import LocalExperiment, RunRequest, dense_dir, execute
+from smcbench.runner.single import LocalExperiment, dense_dir, execute
 from smcbench.runner.spec import load_spec
 from smcbench.runner.store import ResultStore
 from smcbench.sparsity import read_masks
-from smcbench.tasks import TaskSpec, get_task
-from smcbench.training import LoopState, TrainConfig
-
-
-def request(tiny_model_path, data_root, out, method, sparsities, **settings):
-    return RunRequest(TaskSpec("commonsense/csqa", tiny_model_path, str(data_root), train_size=24, val_size=8,
-                               eval_size=8, max_length=32),
-                      method, sparsities, TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3), settings,
-                      out, progress=False)
+from smcbench.tasks import get_task
+from smcbench.training import LoopState
 
 
 def weights_and_masks(record):
@@ -33,9 +27,9 @@ def weights_and_masks(record):
 def test_post_training_without_retraining_prunes_the_dense_fine_tune_and_trains_nothing(method, tiny_model_path,
                                                                                         data_root, tmp_path):
     settings = {"retrain": False} if method == "omp_after" else {}
-    [r] = execute(request(tiny_model_path, data_root, tmp_path, method, [0.5], **settings))
+    [r] = execute(csqa_request(tiny_model_path, data_root, tmp_path, method, [0.5], **settings))
     assert r["steps"] == 0 and r["notes"]["retrained"] is False and r["validation_best"] is not None
-    dense = load_file(str(dense_dir(request(tiny_model_path, data_root, tmp_path, "dense", [])) /
+    dense = load_file(str(dense_dir(csqa_request(tiny_model_path, data_root, tmp_path, "dense", [])) /
                           "model.safetensors"))
     weights, masks = weights_and_masks(r)
     name = "bert.encoder.layer.0.intermediate.dense.weight"
@@ -54,30 +48,30 @@ def test_post_training_without_retraining_prunes_the_dense_fine_tune_and_trains_
 
 @pytest.mark.parametrize("method", ["omp_after", "wanda", "sparsegpt"])
 def test_n_m_pattern_keeps_n_of_every_m_and_fixes_the_level(method, tiny_model_path, data_root, tmp_path):
-    [r] = execute(request(tiny_model_path, data_root, tmp_path, method, [0.5], pattern="2:4", retrain=False))
+    [r] = execute(csqa_request(tiny_model_path, data_root, tmp_path, method, [0.5], pattern="2:4", retrain=False))
     assert r["achieved_sparsity"] == 0.5
     _, masks = weights_and_masks(r)
     assert all(m.reshape(-1, 4).sum(1).eq(2).all() for m in masks.values())
     with pytest.raises(SmcBenchError, match="pattern 2:4 prunes exactly 0.5 of the weights: give --sparsity 0.5"):
-        execute(request(tiny_model_path, data_root, tmp_path / "other", method, [0.3], pattern="2:4"))
+        execute(csqa_request(tiny_model_path, data_root, tmp_path / "other", method, [0.3], pattern="2:4"))
     assert not (tmp_path / "other").exists() or not list((tmp_path / "other").rglob("result.json"))
     with pytest.raises(SmcBenchError, match="pattern: give N:M"):
         method_settings(method, {"pattern": "4:2"}, "settings")
 
 
 def test_retraining_post_training_methods_is_an_option(tiny_model_path, data_root, tmp_path):
-    [r] = execute(request(tiny_model_path, data_root, tmp_path, "wanda", [0.36], retrain=True))
+    [r] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "wanda", [0.36], retrain=True))
     assert r["steps"] == 6 and "retrained" not in r["notes"]
     assert r["config"]["settings"] == {"retrain": True}
 
 
 def test_obert_gradual_and_one_shot(tiny_model_path, data_root, tmp_path):
     tiny = {"obert_gradients": 4, "obert_block": 8, "interval": 1}
-    [gradual] = execute(request(tiny_model_path, data_root, tmp_path, "obert", [0.488], **tiny))
+    [gradual] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "obert", [0.488], **tiny))
     assert gradual["notes"]["pruning_steps"] == [1, 2, 3, 4, 5]  # GMP's window: 10 % to 80 % of 6 updates
     assert gradual["notes"]["fisher_gradients_s"] > 0 and gradual["notes"]["fisher_work_s"] > 0
     assert gradual["notes"]["fisher_memory_bytes"] == 8 * 4 * sum(layer["numel"] for layer in gradual["layers"])
-    [one] = execute(request(tiny_model_path, data_root, tmp_path, "obert", [0.488], one_shot=True, **tiny))
+    [one] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "obert", [0.488], one_shot=True, **tiny))
     for r in (gradual, one):
         total = sum(layer["numel"] for layer in r["layers"])
         assert sum(layer["pruned"] for layer in r["layers"]) == round(0.488 * total)
@@ -90,7 +84,7 @@ def test_obert_one_shot_moves_kept_weights_by_the_obs_update(tiny_model_path, da
     from smcbench.methods.obert import OBertStep
 
     # (The tiny random model's gradients are ~1e-8: a dampening far below g² lets the Fisher speak.)
-    req = request(tiny_model_path, data_root, tmp_path, "obert", [0.5], obert_gradients=6, obert_block=4,
+    req = csqa_request(tiny_model_path, data_root, tmp_path, "obert", [0.5], obert_gradients=6, obert_block=4,
                   obert_damp=1e-18)
     exp = LocalExperiment(req, get_task(req.spec))
     model = exp.dense_model()
@@ -148,8 +142,8 @@ def test_distillation_loss_is_zero_for_the_teacher_and_mixes_by_hardness():
 
 def test_recipe_kd_uses_the_cached_dense_teacher_and_lrr_follows_the_pruning_steps(tiny_model_path, data_root,
                                                                                   tmp_path):
-    [plain] = execute(request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1))
-    [recipe] = execute(request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1, kd=True, lrr=True,
+    [plain] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1))
+    [recipe] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1, kd=True, lrr=True,
                                preset="encoder"))
     assert [r["method"] for r in ResultStore(tmp_path / "results.db").records()].count("dense") == 1
     assert recipe["config"]["settings"] == {"interval": 1, "kd": True, "lrr": True, "preset": "encoder"}

@@ -4,22 +4,15 @@ import pytest
 import torch
 import yaml
 
+from helpers import csqa_request
 from smcbench.errors import SmcBenchError
 from smcbench.methods import get_method, method_settings
 from smcbench.methods.scratch import fresh_initialisation, linear_flops_ratio
 from smcbench.runner.grid import expand
-from smcbench.runner.single import LocalExperiment, RunRequest, execute
+from smcbench.runner.single import LocalExperiment, execute
 from smcbench.runner.spec import load_spec
 from smcbench.sparsity import read_masks
-from smcbench.tasks import TaskSpec, get_task
-from smcbench.training import TrainConfig
-
-
-def request(tiny_model_path, data_root, out, method, sparsities, **settings):
-    return RunRequest(TaskSpec("commonsense/csqa", tiny_model_path, str(data_root), train_size=24, val_size=8,
-                               eval_size=8, max_length=32),
-                      method, sparsities, TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3), settings,
-                      out, progress=False)
+from smcbench.tasks import get_task
 
 
 class Starts(LocalExperiment):
@@ -33,7 +26,7 @@ class Starts(LocalExperiment):
 
 
 def started_from(tiny_model_path, data_root, out, method, **settings):
-    req = request(tiny_model_path, data_root, out, method, [0.488], **settings)
+    req = csqa_request(tiny_model_path, data_root, out, method, [0.488], **settings)
     exp = Starts(req, get_task(req.spec))
     [outcome] = get_method(method).run(exp, [0.488])
     return exp, outcome
@@ -42,7 +35,7 @@ def started_from(tiny_model_path, data_root, out, method, **settings):
 def test_scratch_trains_the_source_runs_mask_exactly_from_a_fresh_seeded_initialisation(tiny_model_path, data_root,
                                                                                         tmp_path):
     exp, outcome = started_from(tiny_model_path, data_root, tmp_path, "scratch_e")
-    [source] = execute(request(tiny_model_path, data_root, tmp_path, "omp_after", [0.488]))  # ran as the source
+    [source] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "omp_after", [0.488]))  # ran as the source
     source_masks = read_masks(f"{source['dir']}/masks.safetensors")
     assert all(torch.equal(outcome.sparsifier.masks[n], m) for n, m in source_masks.items())
     theta0 = dict(exp.initial_model().named_parameters())
@@ -61,8 +54,8 @@ def test_scratch_trains_the_source_runs_mask_exactly_from_a_fresh_seeded_initial
 
 
 def test_scratch_b_trains_for_the_dense_runs_flops(tiny_model_path, data_root, tmp_path):
-    [e] = execute(request(tiny_model_path, data_root, tmp_path, "scratch_e", [0.488]))
-    [b] = execute(request(tiny_model_path, data_root, tmp_path, "scratch_b", [0.488]))
+    [e] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "scratch_e", [0.488]))
+    [b] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "scratch_b", [0.488]))
     assert e["steps"] == 6 and b["notes"]["flops_ratio"] > 1.0
     assert b["steps"] == -(-6 * b["notes"]["flops_ratio"] // 1)
     assert e["achieved_sparsity"] == b["achieved_sparsity"]
