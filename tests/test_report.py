@@ -141,3 +141,18 @@ def test_rescan_rebuilds_the_database_from_run_folders(tmp_path):
     store = ResultStore(tmp_path / "results.db")
     assert store.rescan(tmp_path) == 1 and store.rescan(tmp_path) == 0
     assert [r["run_id"] for r in store.records()] == ["abc"]
+
+
+def test_report_shows_the_sparsity_learned_methods_reached_by_themselves(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    store.append(rec("dense", 0.0, 0.6))
+    for lam, reached in ((0.1, 0.12), (10.0, 0.81)):
+        r = rec("l0", 0.5, 0.5, run=f"l0-{lam}")
+        r["config"] = {"settings": {"l0_lambda": lam}}
+        r["notes"] = {"reached_sparsity": reached, "learned_validation": 0.55}
+        r["validation_best"] = 0.52
+        store.append(r)
+    md = (build(tmp_path / "results.db", tmp_path / "report").parent / "report.md").read_text()
+    section = md.split("Learned sparsity: commonsense/csqa / m")[1]
+    assert "| l0 (l0_lambda=0.1) | 0.500 | 0.120 | 0.550 | 0.520 |" in section
+    assert "| l0 (l0_lambda=10.0) | 0.500 | 0.810 | 0.550 | 0.520 |" in section

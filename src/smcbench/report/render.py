@@ -113,6 +113,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     _breakdown(report, label, metric, rows, levels)
     if dense and by_method:  # a group with only its dense run has nothing to fail
         _failing(report, label, metric, by_method, dense)
+    _reached(report, label, rows)
     _layerwise(report, label, slug, rows, levels)
     _overlap(report, label, rows)
     _weight_change(report, label, slug, [r for r in rows if not is_sparse(r["method"], r["target_sparsity"])])
@@ -216,6 +217,29 @@ def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, li
         lines.append(f"| {cell(method)} | {'-' if ok is None else f'{ok:.3f}'} | "
                      f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
     report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
+
+
+def _reached(report: Report, label: str, rows: list[dict]) -> None:
+    """Methods that learn their sparsity end at the exact level by ranking; what they reached by themselves first,
+    beside the validation score of that phase (means over seeds and folds)."""
+    learned = [r for r in rows if "reached_sparsity" in (r.get("notes") or {})]
+    if not learned:
+        return
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for r in learned:
+        groups[(r["variant"], round(r["target_sparsity"], 3))].append(r)
+    lines = ["| method | level | reached by itself | validation then | after ranking + fixed-mask finish |",
+             "|---|---|---|---|---|"]
+    for (variant, level), runs in sorted(groups.items()):
+        reached = statistics.fmean(r["notes"]["reached_sparsity"] for r in runs)
+        before = [r["notes"]["learned_validation"] for r in runs if r["notes"].get("learned_validation") is not None]
+        after = [r["validation_best"] for r in runs if r.get("validation_best") is not None]
+        lines.append(f"| {cell(variant)} | {level:.3f} | {reached:.3f} | "
+                     f"{f'{statistics.fmean(before):.3f}' if before else '-'} | "
+                     f"{f'{statistics.fmean(after):.3f}' if after else '-'} |")
+    report.sections.append((f"Learned sparsity: {label}", "The sparsity each learned-sparsity run reached by itself "
+                            "before it was ranked to the exact level, and the validation score before and after.\n\n"
+                            + "\n".join(lines)))
 
 
 def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: list[float] | None) -> None:
