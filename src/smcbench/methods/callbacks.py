@@ -107,6 +107,10 @@ class LearnedSparsityTraining(Callback):
         return [{"params": self.learner.parameters(), "lr": self.lr, "weight_decay": 0.0}]
 
     def on_train_begin(self, state: LoopState) -> None:
+        # The loop may have moved the model (a GPU) after the optimizer took these parameters: follow their weights
+        # (same Parameter objects, so the optimizer keeps them; its state is created at the first step).
+        for name, p in self.learner.extra.items():
+            p.data = p.data.to(self.learner.params[name].device)
         self.learner.install()
 
     def ramp(self, step: int) -> float:

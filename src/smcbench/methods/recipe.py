@@ -79,6 +79,9 @@ class Distillation(Callback):
             p.requires_grad_(False)
         self.outputs, self.temperature, self.hardness = outputs, temperature, hardness
 
+    def on_train_begin(self, state: LoopState) -> None:
+        self.teacher.to(next(state.model.parameters()).device)  # where the loop put the student
+
     def loss(self, state: LoopState, batch: dict[str, Tensor], outputs: Any, loss: Tensor) -> Tensor:
         student = getattr(outputs, "logits", None)
         if student is None:
