@@ -76,7 +76,8 @@ def test_report_from_a_small_results_database(tmp_path):
     assert "| omp_after | 0.200 | 0.738 |" in md and "| snip | - | 0.200 |" in md
     assert "collapsed tensors" in md and "l1" in md
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
-        "curves-commonsense-csqa-m.png", "layerwise-commonsense-csqa-m-0.738.png"]
+        "across-tasks-difficulty.png", "across-tasks-failing.png", "curves-commonsense-csqa-m.png",
+        "layerwise-commonsense-csqa-m-0.738.png"]
 
 
 def test_variants_of_a_method_are_separate_curves_not_pooled_like_seeds(tmp_path):
@@ -153,6 +154,27 @@ def test_report_shows_the_sparsity_learned_methods_reached_by_themselves(tmp_pat
         r["validation_best"] = 0.52
         store.append(r)
     md = (build(tmp_path / "results.db", tmp_path / "report").parent / "report.md").read_text()
-    section = md.split("Learned sparsity: commonsense/csqa / m")[1]
+    section = md.split("## Learned sparsity: commonsense/csqa / m")[1]
     assert "| l0 (l0_lambda=0.1) | 0.500 | 0.120 | 0.550 | 0.520 |" in section
     assert "| l0 (l0_lambda=10.0) | 0.500 | 0.810 | 0.550 | 0.520 |" in section
+
+
+def test_the_report_opens_with_every_methods_failing_level_on_every_task_and_ends_with_metadata(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    for task, dense, omp in (("arithmetic/mawps", 0.9, (0.89, 0.5)), ("arithmetic/svamp", 0.4, (0.2, 0.1))):
+        for r in (rec("dense", 0.0, dense), rec("omp_after", 0.2, omp[0]), rec("omp_after", 0.738, omp[1]),
+                  rec("gmp", 0.2, dense)):
+            store.append({**r, "task": task, "run_id": f"{task}-{r['run_id']}", "code_version": "0.3+abc",
+                          "finished_at": "2026-11-23T06:00:00Z"})
+    html = build(tmp_path / "results.db", tmp_path / "report").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    across = md.split("## Across tasks: first failing sparsity")[1].split("## ")[0]
+    assert "| method | arithmetic/mawps / m | arithmetic/svamp / m |" in across
+    assert "| dense (accuracy) | 0.900 | 0.400 |" in across
+    assert "| omp_after | 0.738 | 0.200 |" in across  # the harder task fails earlier
+    assert "| gmp | - (> 0.200) | - (> 0.200) |" in across  # never fails, up to the highest level it ran
+    assert md.index("Across tasks") < md.index("## Accuracy: arithmetic/mawps")
+    assert "[Accuracy: arithmetic/mawps / m](#accuracy-arithmeticmawps--m)" in md
+    assert "<h2 id='accuracy-arithmeticmawps--m'>" in html and "href='#accuracy-arithmeticmawps--m'" in html
+    meta = md.split("## Run metadata")[1]
+    assert "| runs | 8 |" in meta and "0.3+abc" in meta and "torch" in meta

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from smcbench.methods import is_sparse
 from smcbench.metrics import Metric
 
 ACCURACY = Metric("accuracy")
@@ -69,6 +70,18 @@ def curves(records: Iterable[dict], metric: str | None = None) -> dict[str, list
                  for s, v in sorted(levels.items())]
         for method, levels in values.items()
     }
+
+
+def method_curves(records: Iterable[dict]) -> tuple[list[dict], dict[str, list[Point]], list[Point] | None]:
+    """(the records with their variants, the sparse methods' curves, the dense reference's points or None). The
+    first dense variant is the reference (several: e.g. a model pretrained here vs from random weights)."""
+    rows = with_variants(records)
+    by_method = curves(rows)
+    references = sorted({r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])})
+    dense = by_method.pop(references[0]) if references else None
+    for other in references[1:]:
+        by_method.pop(other)
+    return rows, by_method, dense
 
 
 def dense_reference(points: list[Point]) -> tuple[float, float, str]:

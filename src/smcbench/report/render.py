@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
-from smcbench.report import analysis  # noqa: E402
+from smcbench.report import analysis, summary  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
 
@@ -26,6 +26,11 @@ from smcbench.sparsity import read_masks  # noqa: E402
 def cell(text: str) -> str:
     """A Markdown table cell: a pipe in a name (a regex variant, `include=(query|key)`) is escaped, not a column."""
     return text.replace("|", "\\|")
+
+
+def anchor(title: str) -> str:
+    """The link target of a section (GitHub's Markdown heading ids: lower case, punctuation dropped, - for spaces)."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 def short(name: str) -> str:
@@ -49,7 +54,8 @@ class Report:
         self.figures.append((title, path))
 
     def markdown(self) -> str:
-        parts = ["# smc-bench report", ""]
+        parts = ["# smc-bench report", "", "Contents: " + ", ".join(f"[{t}](#{anchor(t)})" for t, _ in self.sections),
+                 ""]
         for title, body in self.sections:
             parts += [f"## {title}", "", body, ""]
         parts += ["## Figures", ""] + [f"![{t}]({p.name})" for t, p in self.figures]
@@ -68,7 +74,8 @@ class Report:
                             if line.strip() and not line.startswith("|"))
             return f"{prose}<table><tr>{head}</tr>{body}</table>"
 
-        sections = "".join(f"<h2>{html.escape(t)}</h2>{table(b)}" for t, b in self.sections)
+        index = "".join(f"<li><a href='#{anchor(t)}'>{html.escape(t)}</a></li>" for t, _ in self.sections)
+        sections = "".join(f"<h2 id='{anchor(t)}'>{html.escape(t)}</h2>{table(b)}" for t, b in self.sections)
         images = "".join(
             f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,"
             f"{base64.b64encode(p.read_bytes()).decode()}'/>" for t, p in self.figures
@@ -76,7 +83,8 @@ class Report:
         style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
                  "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>smc-bench report</title>"
-                f"<style>{style}</style></head><body><h1>smc-bench report</h1>{sections}<h2>Figures</h2>"
+                f"<style>{style}</style></head><body><h1>smc-bench report</h1><ul>{index}</ul>{sections}"
+                f"<h2>Figures</h2>"
                 f"{images}</body></html>")
 
 
@@ -90,23 +98,37 @@ def build(results: Path, out: Path, levels: list[float] | None = None) -> Path:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["model"])].append(r)
+    _across_tasks(report, groups)
     for (task, model), rows in sorted(groups.items()):
         _group(report, task, model, rows, levels)
+    report.sections.append(("Run metadata", summary.run_metadata(records)))
     (out / "report.md").write_text(report.markdown())
     (out / "report.html").write_text(report.html())
     return out / "report.html"
+
+
+def _across_tasks(report: Report, groups: dict[tuple[str, str], list[dict]]) -> None:
+    """Every method's first failing level on every (task, model), dense and chance beside; a heatmap; and task
+    difficulty against prunability."""
+    summaries = [summary.summarise(f"{task} / {Path(model).name}", rows)
+                 for (task, model), rows in sorted(groups.items())]
+    if not any(s.failing for s in summaries):
+        return
+    report.sections.append(("Across tasks: first failing sparsity", "The first level at which each method is worse "
+                            "than dense by more than the tolerance (the rule of each task's failing-sparsity table); "
+                            "\"-\" never fails up to the highest level run; blank: not run.\n\n"
+                            + summary.summary_table(summaries)))
+    report.figure(summary.heatmap(summaries), "across-tasks-failing", "First failing sparsity, every task")
+    fig = summary.difficulty_figure(summaries)
+    if fig is not None:
+        report.figure(fig, "across-tasks-difficulty", "Task difficulty vs prunability")
 
 
 def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None) -> None:
     label = f"{task} / {Path(model).name}"
     slug = f"{task.replace('/', '-')}-{Path(model).name}"
     metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
-    rows = analysis.with_variants(rows)
-    by_method = analysis.curves(rows)
-    references = sorted({r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])})
-    dense = by_method.pop(references[0]) if references else None
-    for other in references[1:]:
-        by_method.pop(other)
+    rows, by_method, dense = analysis.method_curves(rows)
     _data_notes(report, label, rows)
     _curves(report, label, slug, metric, by_method, dense)
     _secondary(report, label, metric, rows)

@@ -1,0 +1,130 @@
+"""The report's cross-task view, SMC-Bench's message: where every method fails on every task, and whether harder
+tasks fail earlier (the paper's finding 1), plus what a reader needs to cite a report (versions, machine, dates)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from dataclasses import dataclass
+from importlib import metadata
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from smcbench.metrics import Metric
+from smcbench.report import analysis
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    label: str  # "task / model"
+    metric: Metric
+    dense: float | None
+    highest: dict[str, float]  # method variant → the highest level it ran
+    failing: dict[str, float | None]  # method variant → first failing level (None: never, up to its highest)
+
+
+def summarise(label: str, rows: list[dict]) -> TaskSummary:
+    """One (task, model) group's dense score and each method's first failing level (the report's rule)."""
+    metric = Metric.of(rows[-1])
+    _, by_method, dense_points = analysis.method_curves(rows)
+    highest = {m: max(p.sparsity for p in points) for m, points in by_method.items()}
+    failing: dict[str, float | None] = {}
+    dense = None
+    if dense_points:
+        dense, tolerance, _ = analysis.dense_reference(dense_points)
+        failing = {m: analysis.failing_sparsity(points, dense, tolerance, metric)[1]
+                   for m, points in by_method.items()}
+    return TaskSummary(label, metric, dense, highest, failing)
+
+
+def summary_table(summaries: list[TaskSummary]) -> str:
+    """Methods × tasks: the first failing level; "-" never fails up to the highest level it ran; blank not run."""
+    methods = sorted({m for s in summaries for m in s.failing})
+    head = "| method | " + " | ".join(s.label.replace("|", "\\|") for s in summaries) + " |"
+    lines = [head, "|---" * (len(summaries) + 1) + "|"]
+    dense = [f"{s.dense:.3f}" if s.dense is not None else "no dense run" for s in summaries]
+    chance = ["-" if s.metric.chance is None else f"{s.metric.chance:g}" for s in summaries]
+    lines.append("| dense (" + "/".join(sorted({s.metric.name for s in summaries})) + ") | " + " | ".join(dense)
+                 + " |")
+    lines.append("| chance | " + " | ".join(chance) + " |")
+    for m in methods:
+        cells = []
+        for s in summaries:
+            if m not in s.failing:
+                cells.append("")
+            else:
+                level = s.failing[m]
+                cells.append(f"{level:.3f}" if level is not None else f"- (> {s.highest[m]:.3f})")
+        lines.append(f"| {m.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def heatmap(summaries: list[TaskSummary]):
+    """The summary table as a heatmap: darker fails earlier; hatched never fails within the levels run."""
+    methods = sorted({m for s in summaries for m in s.failing})
+    values = np.full((len(methods), len(summaries)), np.nan)
+    never = np.zeros_like(values, dtype=bool)
+    for j, s in enumerate(summaries):
+        for i, m in enumerate(methods):
+            if m in s.failing:
+                level = s.failing[m]
+                values[i, j] = level if level is not None else s.highest[m]
+                never[i, j] = level is None
+    fig, ax = plt.subplots(figsize=(2 + 1.4 * len(summaries), 1 + 0.35 * len(methods)))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i, j in zip(*np.nonzero(~np.isnan(values)), strict=True):
+        text = f"{values[i, j]:.2f}" + ("+" if never[i, j] else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if values[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(summaries)))
+    ax.set_xticklabels([s.label for s in summaries], rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(methods)))
+    ax.set_yticklabels(methods, fontsize=7)
+    ax.set_title("First failing sparsity (+: never fails up to that level)")
+    fig.colorbar(image, ax=ax, label="sparsity")
+    return fig
+
+
+def difficulty_figure(summaries: list[TaskSummary]):
+    """Task difficulty (the dense score above chance) against prunability (the median first failing level over
+    methods; a method that never fails counts at the highest level run). One panel per metric."""
+    usable = [s for s in summaries if s.dense is not None and s.failing]
+    metrics = sorted({s.metric.name for s in usable})
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, name in zip(axes[0], metrics, strict=True):
+        for s in (s for s in usable if s.metric.name == name):
+            x = s.dense - (s.metric.chance or 0.0)
+            levels = [lvl if lvl is not None else s.highest[m] for m, lvl in s.failing.items()]
+            y = statistics.median(levels)
+            ax.scatter([x], [y])
+            ax.annotate(s.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        chance = " above chance" if any(s.metric.chance is not None for s in usable if s.metric.name == name) else ""
+        ax.set_xlabel(f"dense {name}{chance} (higher: easier)")
+        ax.set_ylabel("median first failing sparsity over methods")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Task difficulty vs prunability ({name})")
+    return fig
+
+
+def run_metadata(records: list[dict]) -> str:
+    """What produced the report's numbers and this page: code versions recorded by the runs, this machine's
+    package versions, and the dates."""
+    versions = sorted({r.get("code_version") or "unrecorded" for r in records})
+    dates = sorted(r["finished_at"] for r in records if r.get("finished_at"))
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = ["| what | value |", "|---|---|",
+             f"| runs | {len(records)} |",
+             f"| smc-bench (code version of the runs) | {', '.join(versions)} |",
+             f"| first / last run finished | {dates[0] if dates else '-'} / {dates[-1] if dates else '-'} |",
+             f"| report made with | smc-bench {version('smc-bench')}, torch {version('torch')}, transformers "
+             f"{version('transformers')}, Python {platform.python_version()} |",
+             f"| machine | {platform.platform()}, {platform.machine()} |"]
+    return "\n".join(lines)
