@@ -150,6 +150,35 @@ def test_masks_round_trip_through_safetensors(tmp_path):
     assert torch.count_nonzero(pruned_values(other)) == 0
 
 
+def test_masks_are_bit_packed_and_old_bool_files_still_load(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from smcbench.sparsity.sparsifier import MASK_FORMAT_BOOL, pack_bits, read_masks, unpack_bits
+
+    model = mlp()
+    sp = Sparsifier(model)
+    sp.prune(0.45, "random", "uniform")
+    sp.save_masks(tmp_path / "packed.safetensors")
+    with safe_open(str(tmp_path / "packed.safetensors"), framework="pt") as f:
+        for name, mask in sp.masks.items():
+            assert f.get_tensor(name).dtype == torch.uint8 and f.get_tensor(name).numel() == -(-mask.numel() // 8)
+    old = {n: m.clone() for n, m in sp.masks.items()}
+    save_file(old, tmp_path / "old.safetensors", metadata={"format": MASK_FORMAT_BOOL, "selection": json.dumps({})})
+    for file in ("packed.safetensors", "old.safetensors"):
+        loaded = read_masks(tmp_path / file)
+        assert all(torch.equal(loaded[n], m) for n, m in old.items()), file
+    odd = torch.tensor([[True, False, True], [False, False, True], [True, True, True]])  # 9 bits: one byte padded
+    assert torch.equal(unpack_bits(pack_bits(odd), [3, 3], "x"), odd)
+    damaged = pack_bits(odd)
+    damaged[-1] = 0b10  # a padding bit set
+    with pytest.raises(SmcBenchError, match="padding bits after the mask are not zero"):
+        unpack_bits(damaged, [3, 3], "x")
+    with pytest.raises(SmcBenchError, match="cannot hold a \\(3, 3\\) mask"):
+        unpack_bits(pack_bits(odd)[:1], [3, 3], "x")
+
+
 def test_wrong_mask_files_are_clear_errors(tmp_path):
     sp = Sparsifier(mlp())
     with pytest.raises(SmcBenchError, match="does not exist"):

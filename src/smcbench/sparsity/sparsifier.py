@@ -39,7 +39,10 @@ from smcbench.sparsity.rigl import rigl_update
 from smcbench.sparsity.scores import Score, make_score
 from smcbench.sparsity.selection import select_prunable
 
-MASK_FORMAT = "smcbench-masks/1"
+# Format 2 packs 8 mask bits per byte (little-endian bit order), its shapes in the metadata; format 1 (one bool per
+# byte) is still read.
+MASK_FORMAT = "smcbench-masks/2"
+MASK_FORMAT_BOOL = "smcbench-masks/1"
 # Optimizers for which a zero weight with zero gradient and zero state stays exactly zero after a step.
 ZERO_PRESERVING_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
@@ -158,14 +161,15 @@ class Sparsifier:
         self.set_masks(state["masks"])
 
     def save_masks(self, path: str | os.PathLike) -> None:
-        """Masks as safetensors (bool), written atomically: a crash never leaves a half-written file."""
+        """Masks as safetensors, 8 bits per byte, written atomically: a crash never leaves a half-written file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": MASK_FORMAT, "selection": json.dumps(self.selection)}
+        meta = {"format": MASK_FORMAT, "selection": json.dumps(self.selection),
+                "shapes": json.dumps({n: list(m.shape) for n, m in self.masks.items()})}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file({n: m.contiguous().cpu() for n, m in self.masks.items()}, tmp, metadata=meta)
+            save_file({n: pack_bits(m) for n, m in self.masks.items()}, tmp, metadata=meta)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -197,8 +201,33 @@ class Sparsifier:
                 )
 
 
+def pack_bits(mask: Tensor) -> Tensor:
+    """A bool tensor as uint8, 8 positions per byte (flat order, little-endian bits), the last byte zero-padded."""
+    flat = mask.detach().reshape(-1).cpu().bool()
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: list[int], where: str) -> Tensor:
+    """The bool tensor of `shape` packed by `pack_bits`; the byte count and the zero padding are checked."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != -(-numel // 8):
+        raise SmcBenchError(f"{where}: {packed.numel()} {packed.dtype} values cannot hold a {tuple(shape)} mask "
+                            f"({-(-numel // 8)} bytes expected): the file is damaged")
+    bits = (packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    flat = bits.reshape(-1).bool()
+    if flat[numel:].any():
+        raise SmcBenchError(f"{where}: the padding bits after the mask are not zero: the file is damaged")
+    return flat[:numel].view(shape)
+
+
 def read_masks(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a mask file (safetensors, bool tensors). Never unpickles anything."""
+    """Read a mask file (safetensors: bit-packed, or bool tensors as written before). Never unpickles anything."""
     path = Path(path)
     if not path.is_file():
         raise SmcBenchError(f"mask file {str(path)!r} does not exist")
@@ -208,7 +237,16 @@ def read_masks(path: str | os.PathLike) -> dict[str, Tensor]:
             masks = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises several types for corrupt files
         raise SmcBenchError(f"mask file {str(path)!r} is not a readable safetensors file ({err})") from err
-    if meta.get("format") != MASK_FORMAT:
+    if meta.get("format") == MASK_FORMAT:
+        try:
+            shapes = json.loads(meta["shapes"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise SmcBenchError(f"mask file {str(path)!r} has no readable shapes in its metadata") from err
+        missing = sorted(set(masks) ^ set(shapes))
+        if missing:
+            raise SmcBenchError(f"mask file {str(path)!r}: tensors and shapes disagree about {missing[:3]}")
+        return {k: unpack_bits(m, shapes[k], f"mask file {str(path)!r}, tensor {k!r}") for k, m in masks.items()}
+    if meta.get("format") != MASK_FORMAT_BOOL:
         raise SmcBenchError(f"{str(path)!r} is not an smc-bench mask file (format {meta.get('format')!r})")
     bad = [k for k, m in masks.items() if m.dtype != torch.bool]
     if bad:
