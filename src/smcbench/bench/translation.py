@@ -49,21 +49,27 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
         train(net, examples, task.collate, cfg, lengths=lengths, loss_fn=task.loss, progress=False)
         train_s = time.perf_counter() - start
         seen = steps * batch_size
-        start = time.perf_counter()
-        hypotheses = {d: task.translate(net, [e for e in evaluation if (e.src, e.tgt) == d]) for d in DIRECTIONS}
-        eval_s = time.perf_counter() - start
     else:
         train_s, seen = _hf_train(task, net, examples, steps, batch_size, lr)
+    # Both generation loops on this side's trained model: the same weights generate the same lengths, so the
+    # times compare the loops, not two differently trained models (an undertrained model's outputs run to the
+    # length limit or stop early at random).
+    net.eval()
+    by_direction = {d: [e for e in evaluation if (e.src, e.tgt) == d] for d in DIRECTIONS}
+    task.translate(net, by_direction[DIRECTIONS[0]][:2])  # warm-up: first-call costs belong to neither loop
+    loops = {"plain": lambda xs: _hf_generate(task, net, xs, batch_size=32), "ours": lambda xs: task.translate(net, xs)}
+    evals = {}
+    for name, loop in loops.items():
         start = time.perf_counter()
-        hypotheses = {d: _hf_generate(task, net, [e for e in evaluation if (e.src, e.tgt) == d], batch_size=32)
-                      for d in DIRECTIONS}
-        eval_s = time.perf_counter() - start
+        hypotheses = {d: loop(xs) for d, xs in by_direction.items()}
+        seconds = time.perf_counter() - start
+        bleu = {f"{s}-{t}": corpus_score(hypotheses[(s, t)], [e.reference for e in by_direction[(s, t)]], t).bleu
+                for s, t in DIRECTIONS}
+        evals[name] = {"eval_s": seconds, "eval_sentences_per_s": len(evaluation) / seconds, "bleu": bleu}
     per_example = _tokens(task, examples) / len(examples)
-    bleu = {f"{s}-{t}": corpus_score(hypotheses[(s, t)], [e.reference for e in evaluation if (e.src, e.tgt) == (s, t)],
-                                      t).bleu for s, t in DIRECTIONS}
     return {"side": side, "train_s": train_s, "train_tokens_per_s": seen * per_example / train_s,
-            "eval_s": eval_s, "eval_sentences_per_s": len(evaluation) / eval_s, "eval_sentences": len(evaluation),
-            "bleu": bleu, "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
+            "eval": evals, "eval_sentences": len(evaluation), "peak_rss_mb": peak_rss_mb(),
+            "threads": torch.get_num_threads()}
 
 
 def _hf_train(task, net, examples, steps: int, batch_size: int, lr: float) -> tuple[float, int]:
