@@ -178,3 +178,15 @@ def test_the_report_opens_with_every_methods_failing_level_on_every_task_and_end
     assert "<h2 id='accuracy-arithmeticmawps--m'>" in html and "href='#accuracy-arithmeticmawps--m'" in html
     meta = md.split("## Run metadata")[1]
     assert "| runs | 8 |" in meta and "0.3+abc" in meta and "torch" in meta
+
+
+def test_with_one_dense_seed_the_tolerance_is_the_metrics_own():
+    from smcbench.metrics import Metric
+
+    bleu = Metric("bleu", tolerance=1.0)
+    assert Metric.of({"metric": bleu.to_dict(), "metrics": {}}).tolerance == 1.0
+    assert Metric.of({"metric": {"name": "accuracy", "higher_is_better": True}, "metrics": {}}).tolerance == 0.01
+    dense = [analysis.Point(0.0, 0.36, 0.0, 1)]
+    mean, tolerance, how = analysis.dense_reference(dense, bleu)
+    assert tolerance == 1.0 and "absolute 1" in how
+    assert analysis.failing_sparsity([analysis.Point(0.2, 0.32, 0, 1)], mean, tolerance, bleu) == (0.2, None)

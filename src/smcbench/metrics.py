@@ -17,6 +17,9 @@ class Metric:
     # Parts of the primary metric worth a table of their own (e.g. translation's BLEU per direction), by their
     # names in a record's metrics.
     breakdown: tuple[str, ...] = ()
+    # The absolute difference from dense that counts as a failure when a single dense seed gives no spread to use,
+    # in the metric's own units (accuracy: 0.01, one point; BLEU: its own scale).
+    tolerance: float = 0.01
 
     def better(self, a: float, b: float) -> bool:
         """Is `a` strictly better than `b`?"""
@@ -36,7 +39,8 @@ class Metric:
         declared = record.get("metric")
         if isinstance(declared, dict):
             return cls(declared["name"], declared["higher_is_better"], declared.get("chance"),
-                       tuple(declared.get("secondary", ())), tuple(declared.get("breakdown", ())))
+                       tuple(declared.get("secondary", ())), tuple(declared.get("breakdown", ())),
+                       declared.get("tolerance", cls.tolerance))
         return cls("accuracy", True, record.get("metrics", {}).get("chance"))
 
     def value(self, record: dict[str, Any]) -> float:

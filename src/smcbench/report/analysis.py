@@ -14,7 +14,7 @@ from smcbench.methods import is_sparse
 from smcbench.metrics import Metric
 
 ACCURACY = Metric("accuracy")
-DEFAULT_ABS_TOLERANCE = 0.01  # one point of the metric, when a single dense seed gives no spread to compare with
+DEFAULT_ABS_TOLERANCE = ACCURACY.tolerance  # one point of accuracy, when a single dense seed gives no spread
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,13 @@ def method_curves(records: Iterable[dict]) -> tuple[list[dict], dict[str, list[P
     return rows, by_method, dense
 
 
-def dense_reference(points: list[Point]) -> tuple[float, float, str]:
-    """(dense mean, tolerance, how the tolerance was chosen)."""
+def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float, str]:
+    """(dense mean, tolerance, how the tolerance was chosen). One dense seed: the metric's declared absolute
+    tolerance (accuracy 0.01; BLEU in BLEU points)."""
     [p] = points
     if p.seeds > 1:
         return p.mean, p.std, f"the dense runs' standard deviation over {p.seeds} seeds ({p.std:.4f})"
-    return p.mean, DEFAULT_ABS_TOLERANCE, f"an absolute {DEFAULT_ABS_TOLERANCE} (one dense seed: no spread to use)"
+    return p.mean, metric.tolerance, f"an absolute {metric.tolerance:g} (one dense seed: no spread to use)"
 
 
 def failing_sparsity(points: list[Point], dense: float, tolerance: float,

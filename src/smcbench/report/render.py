@@ -230,7 +230,7 @@ def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], lev
 
 def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
              dense: list[analysis.Point]) -> None:
-    mean, tol, how = analysis.dense_reference(dense)
+    mean, tol, how = analysis.dense_reference(dense, metric)
     lines = [f"Tolerance: {how}. A method fails at the first level whose {metric.name} is worse than dense by more "
              "than the tolerance.",
              "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]

@@ -32,7 +32,7 @@ def summarise(label: str, rows: list[dict]) -> TaskSummary:
     failing: dict[str, float | None] = {}
     dense = None
     if dense_points:
-        dense, tolerance, _ = analysis.dense_reference(dense_points)
+        dense, tolerance, _ = analysis.dense_reference(dense_points, metric)
         failing = {m: analysis.failing_sparsity(points, dense, tolerance, metric)[1]
                    for m, points in by_method.items()}
     return TaskSummary(label, metric, dense, highest, failing)

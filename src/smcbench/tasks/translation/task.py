@@ -49,7 +49,9 @@ class Example:
 
 
 class TranslationRun(TaskRun):
-    metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf",), breakdown=(
+    # A failure with one dense seed: 1 BLEU below dense (differences below that are within the noise of a
+    # FLORES-200 subset).
+    metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf",), tolerance=1.0, breakdown=(
         "bleu_into_en", "bleu_from_en", "bleu_trained", "bleu_untrained",
         *(f"bleu_{direction_name(s, t)}" for s, t in EVAL_DIRECTIONS)))
 
