@@ -15,6 +15,7 @@ level, each on its own, and listed in the notes (`magnitude_pruned`).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -77,8 +78,9 @@ def prune_exactly(sp: Sparsifier, sparsity: float, scores: dict[str, Tensor], ot
 class LearnedSparsityMethod(Method):
     penalty_field: ClassVar[str]
 
+    @abstractmethod
     def learner(self, exp: Experiment, model: nn.Module, params: dict[str, nn.Parameter]) -> LearnedSparsity:
-        raise NotImplementedError
+        """The engine object that learns the sparsity of `params`."""
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings

@@ -8,6 +8,7 @@ the same full retraining schedule as OMP (After), so both settings sit in one re
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from functools import partial
 from itertools import islice
 
@@ -49,8 +50,9 @@ class LayerwiseAfter(OneShotAfter):
 
     statistics = SquaredNorms
 
+    @abstractmethod
     def prune_layer(self, exp: Experiment, sparsity: float, name: str, weight: nn.Parameter, mask, stats) -> None:
-        raise NotImplementedError
+        """Narrow `mask` (and update `weight`, if the method does) for one Linear layer."""
 
     def prune_dense(self, exp: Experiment, model: nn.Module, sparsity: float) -> tuple[Sparsifier, dict]:
         st = exp.settings

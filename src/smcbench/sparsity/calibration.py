@@ -14,6 +14,7 @@ Pure torch: the model is called through `forward(batch)`, whatever it returns.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,15 +24,16 @@ from torch import Tensor, nn
 from smcbench.errors import SmcBenchError
 
 
-class InputStatistics:
+class InputStatistics(ABC):
     """Running statistics of a Linear layer's inputs (rows of x with `in_features` columns)."""
 
     def __init__(self, in_features: int, device: torch.device) -> None:
         self.in_features = in_features
         self.rows = 0
 
+    @abstractmethod
     def add(self, x: Tensor) -> None:
-        raise NotImplementedError
+        """Accumulate a batch of the layer's inputs."""
 
 
 class SquaredNorms(InputStatistics):
