@@ -308,8 +308,9 @@ def assert_exact_sparsity(record, method):
         assert sum(layer["pruned"] for layer in layers) == round(target * sum(layer["numel"] for layer in layers))
 
 
-def csqa_request(tiny_model_path, data_root, out, method, sparsities, **settings):
-    """One method on tiny CSQA files with the tiny model: 24 training questions, 6 updates of 4."""
+def csqa_request(tiny_model_path, data_root, out, method, sparsities, keep_weights="all", **settings):
+    """One method on tiny CSQA files with the tiny model: 24 training questions, 6 updates of 4; every run keeps
+    its weights (the tests read them)."""
     from smcbench.runner.single import RunRequest
     from smcbench.tasks import TaskSpec
     from smcbench.training import TrainConfig
@@ -317,4 +318,4 @@ def csqa_request(tiny_model_path, data_root, out, method, sparsities, **settings
     return RunRequest(TaskSpec("commonsense/csqa", tiny_model_path, str(data_root), train_size=24, val_size=8,
                                eval_size=8, max_length=32),
                       method, sparsities, TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3), settings,
-                      out, progress=False)
+                      out, progress=False, keep_weights=keep_weights)

@@ -88,7 +88,7 @@ def test_a_tiny_solver_learns_tiny_arithmetic(arch, tiny_model_path, data_root, 
 def test_every_method_runs_on_a_tiny_fold(method, tiny_model_path, data_root, tmp_path):
     s, cfg = resolve(spec(tiny_model_path, data_root, train_size=24), {"max_steps": 4, "eval_every": 2})
     records = execute(RunRequest(s, method, [0.2, 0.36], cfg, TINY_SETTINGS.get(method, {}), tmp_path,
-                                 progress=False))
+                                 progress=False, keep_weights="all"))
     assert [r["target_sparsity"] for r in records] == [0.2, 0.36]
     for r in records:
         layers = {layer["name"]: layer for layer in r["layers"]}

@@ -75,7 +75,7 @@ def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path,
     cmd = [sys.executable, "-c", "from smcbench.cli import main; main()", "grid", str(spec_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "out" / "results.db"
-    checkpoints = tmp_path / "out" / "checkpoints"
+    checkpoints = tmp_path / "out" / ".checkpoints"
     deadline = time.time() + 180
     # Kill only once a later run has written a checkpoint: the moment is set by the run's progress, not a clock.
     while time.time() < deadline and not (ResultStore(db).records() and checkpoints.is_dir()

@@ -33,7 +33,7 @@ def test_every_method_runs_and_reaches_its_target_exactly(method, tiny_model_pat
 
         weights = load_file(f"{r['dir']}/model.safetensors")
         assert all(torch.count_nonzero(weights[n][~m]) == 0 for n, m in masks.items())
-    assert not list((tmp_path / "checkpoints").glob("*"))  # finished runs leave no checkpoint behind
+    assert not list((tmp_path / ".checkpoints").glob("*"))  # finished runs leave no checkpoint behind
 
 
 def test_snip_rigl_is_actually_sparse_and_moves_connections(tiny_model_path, data_root, tmp_path):
@@ -48,7 +48,7 @@ def test_after_methods_share_one_dense_fine_tune(tiny_model_path, data_root, tmp
         execute(request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.36]))
     lines = ResultStore(tmp_path / "results.db").records()
     assert [x["method"] for x in lines].count("dense") == 1
-    assert len(list((tmp_path / "dense").iterdir())) == 1
+    assert len(list((tmp_path / "dense").glob("*/*/result.json"))) == 1
     again = execute(request(tiny_model_path, data_root, tmp_path, "omp_after", [0.2, 0.36]))
     assert len(ResultStore(tmp_path / "results.db").records()) == len(lines)  # nothing re-run
     assert [r["target_sparsity"] for r in again] == [0.2, 0.36]

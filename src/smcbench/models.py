@@ -17,6 +17,21 @@ SHORT_NAMES = {
     "roberta-large": "FacebookAI/roberta-large",
 }
 
+# Published parameter counts (the base model, without a task head) of hub models the paper presets name, for the
+# disk estimate of a grid that cannot load them here.
+PUBLISHED_PARAMETERS = {
+    "FacebookAI/roberta-base": 125_000_000,
+    "FacebookAI/roberta-large": 355_000_000,
+    "facebook/mbart-large-cc25": 610_000_000,
+    "facebook/esm1b_t33_650M_UR50S": 650_000_000,
+}
+
+
+def published_parameters(name: str) -> int | None:
+    """The published size of a named hub model (a GTS/Graph2Tree name `solver:encoder` by its encoder's)."""
+    name = name.split(":", 1)[1] if ":" in name and "/" not in name.split(":", 1)[0] else name
+    return PUBLISHED_PARAMETERS.get(SHORT_NAMES.get(name, name))
+
 
 def _offline_minilm() -> str | None:
     try:
@@ -30,6 +45,9 @@ def resolve_model(name: str) -> str:
     """A path or hub id that `from_pretrained` accepts. Local folders win; `minilm` prefers the offline copy."""
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
+    if name.startswith(("/", "./", "../", "~")):
+        raise SmcBenchError(f"no model folder at {name!r}: give an existing folder, a hub id (owner/name) or one of "
+                            f"{', '.join(SHORT_NAMES)}")
     if name == "minilm" or name == SHORT_NAMES["minilm"]:
         local = _offline_minilm()
         if local:

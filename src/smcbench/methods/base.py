@@ -39,9 +39,9 @@ class SelectionSettings(Settings):
     def sparsifier(self, model: nn.Module) -> Sparsifier:
         return Sparsifier(model, self.preset, self.include, self.exclude)
 
-    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
-        """What a pruning score may draw on; settings of particular scores add theirs (seed, batches)."""
-        return ScoreContext(params, loss=loss, batches=batches)
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any, seed: int) -> ScoreContext:
+        """What a pruning score may draw on (`seed`: the run's); settings of particular scores add theirs."""
+        return ScoreContext(params, loss=loss, batches=batches, seed=seed)
 
 
 class SparseSettings(SelectionSettings, RecipeSettings):
@@ -93,7 +93,8 @@ class Experiment(Protocol):
         """The masks of `method`'s run at `sparsity` with this run's selection (run first if missing)."""
 
     def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
-        """The trained model and masks of a run finished earlier, if any (lets a rerun chain resume)."""
+        """The trained model and masks of a run finished earlier whose weights were kept, if any (lets a rerun
+        chain resume)."""
 
 
 class Method(ABC):
@@ -104,6 +105,9 @@ class Method(ABC):
     sparse: ClassVar[bool] = True  # False: the dense reference itself
     needs_dense: ClassVar[bool] = False  # starts from the dense fine-tune, which the runner trains once and shares
     chained: ClassVar[bool] = False  # one run reaches its levels in a chain, each from the one before (LTH)
+    # Later runs start from this run's trained weights (the dense fine-tune; a chain's latest level), so the
+    # runner keeps them under the default retention policy (`--keep-weights needed`); other runs keep masks only.
+    weights_reused: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:

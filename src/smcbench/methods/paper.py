@@ -43,18 +43,19 @@ from smcbench.training import Callback
 
 
 class RandomSettings(SparseSettings):
-    random_seed: int = Field(0, description="Seed of random pruning scores.")
+    random_seed: int | None = Field(None, description="Seed of the random pruning scores (default: the run's "
+                                    "seed, so every seed of a grid draws its own mask).")
 
-    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
-        return replace(super().score_context(params, loss, batches), seed=self.random_seed)
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any, seed: int) -> ScoreContext:
+        return super().score_context(params, loss, batches, seed if self.random_seed is None else self.random_seed)
 
 
 class SnipSettings(SparseSettings):
     snip_batches: int = Field(DEFAULT_SNIP_BATCHES, ge=1, description="SNIP: training batches whose gradients "
                               "are summed for the scores.")
 
-    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any) -> ScoreContext:
-        return replace(super().score_context(params, loss, batches), num_batches=self.snip_batches)
+    def score_context(self, params: dict[str, nn.Parameter], loss: Any, batches: Any, seed: int) -> ScoreContext:
+        return replace(super().score_context(params, loss, batches, seed), num_batches=self.snip_batches)
 
 
 class IntervalSettings(Settings):
@@ -103,7 +104,8 @@ SNIP = Criterion("snip", "global", "snip")
 
 def prune(exp: Experiment, model: nn.Module, sparsity: float, criterion: Criterion) -> Sparsifier:
     sp = exp.settings.sparsifier(model)
-    context = exp.settings.score_context(sp.params, lambda batch: exp.loss(model, batch), exp.score_batches)
+    context = exp.settings.score_context(sp.params, lambda batch: exp.loss(model, batch), exp.score_batches,
+                                         exp.seed)
     sp.prune(sparsity, build_score(criterion.score, context), criterion.allocation)
     return sp
 
@@ -124,6 +126,7 @@ def retrain(exp: Experiment, model: nn.Module, sp: Sparsifier, sparsity: float, 
 class Dense(Method):
     name = DENSE
     sparse = False
+    weights_reused = True  # every After method and kd teacher starts from it
     summary = "fine-tune from θ0 (pretrained weights + a seeded head)"
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
@@ -219,6 +222,7 @@ class LTH(Method):
     settings = SparseSettings
     needs_dense = True
     chained = True
+    weights_reused = True  # round k + 1 prunes round k's trained model
     summary = "IMP, 20 % of the remaining weights per round, rewind to θ0"
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
@@ -230,13 +234,19 @@ class LTH(Method):
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         rounds = max(imp_round(s, IMP_RATE) for s in sparsities)
+        levels = imp_levels(rounds)
         trained: nn.Module | None = None
         masks = None
-        for k, level in enumerate(imp_levels(rounds), 1):
-            done = exp.finished(self.name, level)
-            if done is not None:  # this round was trained by an earlier, interrupted run
+        start = 0
+        # Resume after the latest round an earlier run finished whose weights were kept (earlier rounds' weights
+        # are dropped once the next round exists); the rounds before it are not trained again.
+        for k in range(len(levels), 0, -1):
+            done = exp.finished(self.name, levels[k - 1])
+            if done is not None:
                 trained, masks = done
-                continue
+                start = k
+                break
+        for k, level in enumerate(levels[start:], start + 1):
             trained = trained if trained is not None else exp.dense_model()
             sp = exp.settings.sparsifier(trained)
             if masks is not None:

@@ -7,12 +7,14 @@ import platform
 import statistics
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from smcbench.metrics import Metric
 from smcbench.report import analysis
+from smcbench.runner.disk import human
 
 
 @dataclass(frozen=True)
@@ -126,5 +128,30 @@ def run_metadata(records: list[dict]) -> str:
              f"| first / last run finished | {dates[0] if dates else '-'} / {dates[-1] if dates else '-'} |",
              f"| report made with | smc-bench {version('smc-bench')}, torch {version('torch')}, transformers "
              f"{version('transformers')}, Python {platform.python_version()} |",
-             f"| machine | {platform.platform()}, {platform.machine()} |"]
+             f"| machine | {platform.platform()}, {platform.machine()} |",
+             f"| kept on disk | {storage(records)} |"]
     return "\n".join(lines)
+
+
+def storage(records: list[dict]) -> str:
+    """What the runs' folders hold now: which runs kept their model weights, and the bytes of each kind."""
+    sizes = {"weights": 0, "masks": 0, "other": 0}
+    kept, missing = [], 0
+    for r in records:
+        folder = Path(r["dir"]) if r.get("dir") else None
+        if folder is None or not folder.is_dir():
+            missing += 1
+            continue
+        for path in folder.iterdir():
+            if not path.is_file():
+                continue
+            kind = {"model.safetensors": "weights", "masks.safetensors": "masks"}.get(path.name, "other")
+            sizes[kind] += path.stat().st_size
+            if kind == "weights":
+                kept.append(r["method"])
+    methods = ", ".join(f"{m} {kept.count(m)}" for m in sorted(set(kept)))
+    text = (f"model weights of {len(kept)} of {len(records)} runs{' (' + methods + ')' if kept else ''}: "
+            f"{human(sizes['weights'])}; masks (every sparse run, bit-packed): {human(sizes['masks'])}; configs "
+            f"and results: {human(sizes['other'])}. Every run without weights is reproducible from its config, "
+            "seed and masks")
+    return text + (f"; {missing} run folder(s) not found here" if missing else "")

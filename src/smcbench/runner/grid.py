@@ -21,8 +21,17 @@ from pathlib import Path
 from smcbench.errors import SmcBenchError
 from smcbench.methods import DENSE, SelectionSettings, get_method, method_settings
 from smcbench.runner.identity import config_id
-from smcbench.runner.single import RunRequest, dense_dir, execute, resolve, run_dir
+from smcbench.runner.single import (
+    RunRequest,
+    check_keep_weights,
+    dense_dir,
+    drop_weights,
+    execute,
+    resolve,
+    run_dir,
+)
 from smcbench.runner.spec import GridSpec
+from smcbench.runner.tracking import check_tracker
 from smcbench.tasks import TaskSpec
 from smcbench.tasks.registry import task_info
 
@@ -44,20 +53,26 @@ class Node:
         return self.result_path().is_file()
 
 
-def expand(spec: GridSpec, out: Path | None = None) -> list[Node]:
+def expand(spec: GridSpec, out: Path | None = None, keep_weights: str | None = None,
+           log: str | None = None) -> list[Node]:
     """The grid's nodes in an order where every node comes after its dependencies. The methods say what they need:
     the dense fine-tune (one node per task, model, seed, fold and training config, shared), a chain (one node per
     level, each after the one before), or nothing. A spec's `also` parts add their nodes; a node two parts share
-    (the same run) is listed once."""
+    (the same run) is listed once. Under `keep_weights` none, the nodes keep what later nodes need and
+    `drop_all_weights` clears it when the grid ends."""
     spec.check()  # every method's settings validate (strictly for a method's own entry) before anything runs
+    policy = keep_weights or spec.keep_weights
+    check_keep_weights(policy)
+    tracker = log or spec.log
+    check_tracker(tracker)
     nodes: dict[str, Node] = {}
     for part in spec.parts():
-        for node in _expand_part(part, out or Path(spec.out)):
+        for node in _expand_part(part, out or Path(spec.out), "all" if policy == "all" else "needed", tracker):
             nodes.setdefault(node.id, node)
     return list(nodes.values())
 
 
-def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
+def _expand_part(spec: GridSpec, out: Path, keep: str, log: str | None) -> list[Node]:
     entries = [(get_method(name), {**spec.settings, **own}, own) for name, own in spec.method_entries()]
     # Fails before any run when a level is out of reach (per entry: a variant's settings may fix its level).
     levels = [m.levels(spec.sparsities, method_settings(m.name, settings, f"method {m.name}"))
@@ -72,7 +87,7 @@ def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
             task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, seed=seed, fold=fold, **data),
                                 {**overrides, "seed": seed})
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
-            dense = RunRequest(task, DENSE, [], cfg, {}, out, progress=False)
+            dense = RunRequest(task, DENSE, [], cfg, {}, out, False, keep, log)
             dense_id = config_id(dense.dense_config())
             if any(not m.sparse or needs for (m, _, _), needs in zip(entries, needs_dense, strict=True)):
                 nodes.append(Node(dense_id, f"{where}: {DENSE}", dense, ()))
@@ -85,13 +100,13 @@ def _expand_part(spec: GridSpec, out: Path) -> list[Node]:
                 if method.chained:
                     previous = start
                     for k, level in enumerate(method.chain(max(method_levels)), 1):
-                        req = RunRequest(task, method.name, [level], cfg, settings, out, progress=False)
+                        req = RunRequest(task, method.name, [level], cfg, settings, out, False, keep, log)
                         node_id = config_id(req.run_config(level))
                         nodes.append(Node(node_id, f"{where}: {name} round {k} ({level:.3f})", req, previous))
                         previous = (node_id,)
                     continue
                 for s in method_levels:
-                    req = RunRequest(task, method.name, [s], cfg, settings, out, progress=False)
+                    req = RunRequest(task, method.name, [s], cfg, settings, out, False, keep, log)
                     deps = start + tuple(_source_node(nodes, req, source, s, where, dense)
                                          for source in method.sources(req.settings))
                     nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, deps))
@@ -103,7 +118,7 @@ def _source_node(nodes: list[Node], req: RunRequest, source: str, level: float, 
     """The id of the run whose mask `req` trains again (its method `source`, the same level and selection), added
     to `nodes` when the grid does not list it, with the dense run it starts from."""
     selection = {k: v for k, v in req.settings.identity().items() if k in SelectionSettings.model_fields}
-    src = RunRequest(req.spec, source, [level], req.train, selection, req.out, progress=False)
+    src = RunRequest(req.spec, source, [level], req.train, selection, req.out, False, req.keep_weights, req.log)
     method = get_method(source)
     level = method.levels([level], src.settings)[-1]
     src_id = config_id(src.run_config(level))
@@ -117,6 +132,11 @@ def _source_node(nodes: list[Node], req: RunRequest, source: str, level: float, 
         # A chained source (LTH) not in the grid runs its whole chain inside this node.
         nodes.append(Node(src_id, f"{where}: {source} @ {level:.3f} (mask source)", src, deps))
     return src_id
+
+
+def drop_all_weights(nodes: list[Node]) -> int:
+    """`keep_weights: none`: delete every node's model weights once the grid has run; returns the bytes freed."""
+    return drop_weights([n.result_path().parent for n in nodes])
 
 
 def _run_node(request: RunRequest, threads: int) -> str:

@@ -2,7 +2,8 @@
 group without its defaults (settings.Settings.identity). Adding a setting with a default therefore never changes an
 existing run's id; giving a method a setting it does not declare is impossible (its schema has no such field).
 
-Schema 1 (before 0.2) hashed every field of every group; runner.migrate renames such runs once.
+Schema 1 (before 0.2) hashed every field of every group; schema 2 fixed the Random methods' mask seed at 0 where
+schema 3 lets it follow the run's seed. runner.migrate renames older runs once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from smcbench.settings import Settings
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def config_id(config: dict) -> str:

@@ -1,11 +1,16 @@
 """`smc-bench run`: one task, one method, a list of sparsities, one seed.
 
-Layout under `--out`:
-  dense/<id>/            the dense fine-tune shared by every After method of the same task, model, seed and config
-  runs/<method>/<task>/<id>/  config.json, result.json, masks.safetensors, model.safetensors
-  checkpoints/<id>/      training checkpoints while a run is under way (removed when it finishes)
+Layout under `--out` (one layout for every run, the dense fine-tune included; runner.migrate moves older ones):
+  <method>/<task>/<id>/  config.json, result.json, masks.safetensors (bit-packed), model.safetensors (if kept)
+  .checkpoints/<id>/     training checkpoints while a run is under way (removed when it finishes)
   results.db             SQLite, one row per finished run (smcbench.runner.store)
+`dense/<task>/<id>/` is the dense fine-tune shared by every After method of the same task, model, seed and config.
 A run's id is the hash of its identity (runner.identity); a run whose result.json exists is skipped.
+
+Model weights (`--keep-weights`, KEEP_WEIGHTS): `needed` (default) keeps them only where later runs start from them
+(the methods that declare `weights_reused`: the dense fine-tune, a chain's latest level); `all` keeps every run's;
+`none` drops even those when the command ends. A result stays reproducible from its config, seed and masks, and a
+dense fine-tune whose weights are gone is trained again (same config and seed) when a later run needs it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import smcbench
+from smcbench.errors import SmcBenchError
 from smcbench.methods import DENSE, NoSettings, Outcome, SelectionSettings, get_method, method_settings
 from smcbench.runner.identity import config_id, run_config
 from smcbench.runner.migrate import migrate
 from smcbench.runner.store import ResultStore
+from smcbench.runner.tracking import check_tracker, log_run
 from smcbench.settings import Settings
 from smcbench.sparsity import PAPER_GRID, read_masks
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, relative_change, weight_sparsity
@@ -59,12 +66,16 @@ class RunRequest:
     settings: Mapping[str, Any] | Settings = field(default_factory=dict)
     out: Path = Path("runs")
     progress: bool = True
+    keep_weights: str = "needed"  # KEEP_WEIGHTS: which runs keep model.safetensors (not part of a run's identity)
+    log: str | None = None  # an experiment tracker each finished run is sent to (runner.tracking)
 
     def __post_init__(self) -> None:
         if not isinstance(self.settings, Settings):  # the task's defaults (e.g. which tensors it prunes) under them
             self.settings = {**get_task(self.spec).method_defaults(), **self.settings}
         self.settings = method_settings(self.method, self.settings, "settings")
         self.out = Path(self.out)
+        check_keep_weights(self.keep_weights)
+        check_tracker(self.log)
 
     def run_config(self, sparsity: float) -> dict:
         return run_config(resolve_spec(self.spec).identity(), self.train, self.method, self.settings, sparsity)
@@ -95,7 +106,7 @@ class LocalExperiment:
 
     def fine_tune(self, model: nn.Module, callbacks: list[Callback], tag: str, steps: int | None = None):
         # One checkpoint folder per training (LTH trains several per run), removed when its run is written.
-        ckpt = self.request.out / "checkpoints" / config_id({"run": self.current_id, "tag": tag})
+        ckpt = self.request.out / CHECKPOINTS / config_id({"run": self.current_id, "tag": tag})
         self.checkpoints.append(ckpt)
         cfg = self.request.train if steps is None else self.request.train.model_copy(update={"max_steps": steps})
         return train(model, self.examples, self.task.collate, cfg, lengths=self.lengths,
@@ -119,7 +130,7 @@ class LocalExperiment:
 
     def finished(self, method: str, sparsity: float) -> tuple[nn.Module, dict] | None:
         folder = run_dir(self.request, {**self.request.run_config(sparsity), "method": method})
-        if not (folder / "result.json").is_file():
+        if not (folder / "result.json").is_file() or not (folder / WEIGHTS).is_file():
             return None
         model = self.initial_model()
         load_model_tensors(model, load_file(str(folder / "model.safetensors")))
@@ -128,26 +139,37 @@ class LocalExperiment:
     def source_masks(self, method: str, sparsity: float) -> dict:
         selection = {k: v for k, v in self.settings.identity().items() if k in SelectionSettings.model_fields}
         source = RunRequest(self.request.spec, method, [sparsity], self.request.train, selection, self.request.out,
-                            self.request.progress)
+                            self.request.progress, self.request.keep_weights, self.request.log)
         [record] = execute(source)  # nothing to do when it is finished (a grid runs it first)
         return read_masks(Path(record["dir"]) / "masks.safetensors")
 
     def dense_model(self) -> nn.Module:
-        """A fresh copy of the dense fine-tune, trained (by the dense method) the first time only."""
+        """A fresh copy of the dense fine-tune, trained (by the dense method) the first time only, or again (same
+        config and seed) when its weights were not kept; its recorded result then stays as first written."""
         folder = dense_dir(self.request)
-        if not (folder / "result.json").is_file():
+        if not (folder / WEIGHTS).is_file():
             saved_id, self.current_id = self.current_id, config_id(self.request.dense_config())
             start = time.perf_counter()
             [outcome] = get_method(DENSE).run(self, [])
             self.dense_trainings += 1
-            record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
-                                time.perf_counter() - start)
-            if record is not None:
-                ResultStore(self.request.out / "results.db").append(record)
+            if (folder / "result.json").is_file():
+                save_weights(outcome.model, folder)
+                self._drop_checkpoints()
+            else:
+                record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
+                                    time.perf_counter() - start)
+                if record is not None:
+                    ResultStore(self.request.out / "results.db").append(record)
+                    log_run(self.request.log, record, self.request.out)
             self.current_id = saved_id
         model = self.initial_model()
-        load_model_tensors(model, load_file(str(folder / "model.safetensors")))
+        load_model_tensors(model, load_file(str(folder / WEIGHTS)))
         return model
+
+    def _drop_checkpoints(self) -> None:
+        for ckpt in self.checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        self.checkpoints.clear()
 
 
 def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, config: dict, folder: Path,
@@ -171,7 +193,8 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     # each layer from θ0 (the pretrained weights and the seeded head).
     theta0 = dict(exp.initial_model().named_parameters())
     change = relative_change(dict(outcome.model.named_parameters()), theta0, [r.name for r in rows])
-    save_file(model_tensors(outcome.model), str(tmp / "model.safetensors"))
+    if request.keep_weights == "all" or get_method(config["method"]).weights_reused:
+        save_file(model_tensors(outcome.model), str(tmp / WEIGHTS))
     run_id = config_id(config)
     result = outcome.train
     record = {
@@ -205,9 +228,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-    for ckpt in exp.checkpoints:
-        shutil.rmtree(ckpt, ignore_errors=True)
-    exp.checkpoints.clear()
+    exp._drop_checkpoints()
     return {**record, "dir": str(folder)}
 
 
@@ -218,12 +239,39 @@ def resolve(spec: TaskSpec, train_overrides: dict) -> tuple[TaskSpec, TrainConfi
     return spec, TrainConfig(**{**get_task(spec).train_defaults(), **train_overrides})
 
 
+WEIGHTS = "model.safetensors"
+CHECKPOINTS = ".checkpoints"  # hidden: never taken for a finished run
+KEEP_WEIGHTS = ("needed", "all", "none")
+
+
+def check_keep_weights(policy: str, where: str = "keep_weights") -> None:
+    if policy not in KEEP_WEIGHTS:
+        raise SmcBenchError(f"{where}: unknown policy {policy!r}: choose {', '.join(KEEP_WEIGHTS)}")
+
+
+def save_weights(model: nn.Module, folder: Path) -> None:
+    tmp = folder / f".{WEIGHTS}.tmp"
+    save_file(model_tensors(model), str(tmp))
+    tmp.rename(folder / WEIGHTS)
+
+
+def drop_weights(folders: list[Path]) -> int:
+    """Delete the model weights in these run folders; returns the bytes freed."""
+    freed = 0
+    for folder in folders:
+        path = folder / WEIGHTS
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
+
+
 def run_dir(request: RunRequest, config: dict) -> Path:
-    return request.out / "runs" / config["method"] / request.spec.task.replace("/", "-") / config_id(config)
+    return request.out / config["method"] / request.spec.task.replace("/", "-") / config_id(config)
 
 
 def dense_dir(request: RunRequest) -> Path:
-    return request.out / "dense" / config_id(request.dense_config())
+    return run_dir(request, request.dense_config())
 
 
 def execute(request: RunRequest) -> list[dict]:
@@ -236,15 +284,18 @@ def execute(request: RunRequest) -> list[dict]:
         done = dense_dir(request) / "result.json"
         if not done.is_file():
             LocalExperiment(request, task).dense_model()
+        if request.keep_weights == "none":
+            drop_weights([done.parent])
         return [json.loads(done.read_text())]
     # The paper's grid by default (1 − 0.8^k, k = 1..10); the levels the method reaches (fails before any training
     # when one is out of reach).
     request.sparsities = method.levels(request.sparsities or list(PAPER_GRID), request.settings)
     done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
     pending = [s for s in request.sparsities if not done[s].is_file()]
+    uses_dense = method.needs_dense or getattr(request.settings, "kd", False)
     if pending:
         exp = LocalExperiment(request, task)
-        if method.needs_dense or getattr(request.settings, "kd", False):
+        if uses_dense:
             exp.dense_model()  # trained once, before any sparse run starts (the After methods' start, kd's teacher)
         store = ResultStore(request.out / "results.db")
         # A chained method reaches every level on the way to the highest: one chain.
@@ -258,5 +309,12 @@ def execute(request: RunRequest) -> list[dict]:
                     record = finish_run(request, exp, outcome, config, folder, time.perf_counter() - started)
                     if record is not None:
                         store.append(record)
+                        log_run(request.log, record, request.out)
+                chain = method.chain(outcome.sparsity)
+                if method.chained and len(chain) > 1 and (folder / WEIGHTS).is_file() and request.keep_weights != "all":
+                    # The chain goes on from this level's weights: the level before it is no longer needed.
+                    drop_weights([run_dir(request, request.run_config(chain[-2]))])
                 started = time.perf_counter()
+        if request.keep_weights == "none":  # what this command needed is done
+            drop_weights([*(p.parent for p in done.values()), *([dense_dir(request)] if uses_dense else [])])
     return [json.loads(p.read_text()) for p in done.values()]

@@ -44,14 +44,19 @@ class GridSpec(Strict):
     # More sub-grids run with this one: each entry replaces some of the fields above (e.g. other tasks, methods
     # and levels, as the paper's Table 1 beside its main grid). Runs they share (the dense fine-tune) run once.
     also: list[dict[str, Any]] = Field(default_factory=list)
+    # Which runs keep their model weights (runner.single.KEEP_WEIGHTS); masks, config and metrics are always kept.
+    keep_weights: Literal["needed", "all", "none"] = "needed"
+    # An experiment tracker every finished run is also sent to (runner.tracking): mlflow or wandb.
+    log: Literal["mlflow", "wandb"] | None = None
 
     def parts(self) -> list[GridSpec]:
         """This grid without `also`, then one grid per `also` entry (the fields it sets over this grid's)."""
         base = self.model_dump(exclude={"also"})
         out = [self.model_copy(update={"also": []})]
         for k, part in enumerate(self.also):
-            if "also" in part or "out" in part or "data_dir" in part:
-                raise SmcBenchError(f"also.{k}: a part shares the grid's out and data_dir and cannot nest `also`")
+            if {"also", "out", "data_dir", "keep_weights", "log"} & part.keys():
+                raise SmcBenchError(f"also.{k}: a part shares the grid's out, data_dir, keep_weights and log and "
+                                    "cannot nest `also`")
             try:
                 out.append(GridSpec.model_validate({**base, "name": f"{self.name}/{k}", **part}))
             except ValidationError as err:
