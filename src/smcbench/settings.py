@@ -26,9 +26,9 @@ from smcbench.errors import SmcBenchError
 class SettingsError(SmcBenchError):
     """A bad settings value: which group (or where), which field, what is wrong."""
 
-    def __init__(self, where: str, field: str, problem: str) -> None:
+    def __init__(self, where: str, field: str, problem: str, sep: str = ": ") -> None:
         self.field, self.problem = field, problem
-        super().__init__(f"{where}: {field}: {problem}")
+        super().__init__(f"{where}{sep}{field}: {problem}")
 
 
 def _first(err: ValidationError) -> tuple[str, str]:
@@ -94,11 +94,11 @@ class Settings(BaseModel):
         returned as given: they are applied over other defaults (a task's) before the group is built."""
         internal = sorted(set(values) & cls.INTERNAL)
         if internal:
-            raise SmcBenchError(f"{where}.{internal[0]}: set by the program, not a setting")
+            raise SettingsError(where, internal[0], "set by the program, not a setting", ".")
         try:
             cls(**values)
         except SettingsError as err:
-            raise SmcBenchError(f"{where}.{err.field}: {err.problem}") from err
+            raise SettingsError(where, err.field, err.problem, ".") from err
         return dict(values)
 
     @classmethod
