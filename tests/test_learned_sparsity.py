@@ -186,3 +186,25 @@ def test_tied_weights_are_gated_in_every_module_using_them_and_subclass_extras_s
     assert (emb(ids)[1] == 0).all()
     x = torch.randn(2, 3)
     torch.testing.assert_close(head(x), x @ (emb.weight * z).T)
+
+
+def test_the_learned_phase_is_trained_once_for_every_level(tiny_model_path, data_root, tmp_path):
+    from helpers import csqa_request
+    from smcbench.runner.grid import expand, run_local
+    from smcbench.runner.single import execute
+    from smcbench.runner.spec import GridSpec
+
+    records = execute(csqa_request(tiny_model_path, data_root, tmp_path / "run", "variational_dropout", [0.2, 0.36]))
+    assert [r["achieved_sparsity"] for r in records] == [pytest.approx(0.2, abs=1e-3), pytest.approx(0.36, abs=1e-3)]
+    first, second = (r["notes"] for r in records)
+    assert first["learned_levels"] == second["learned_levels"] == 2
+    assert first["learned_s"] == second["learned_s"] and first["reached_sparsity"] == second["reached_sparsity"]
+
+    spec = GridSpec(out=str(tmp_path / "grid"), data_dir=str(data_root), models=[tiny_model_path],
+                    tasks=[{"task": "commonsense/csqa", "train_size": 16, "val_size": 8, "eval_size": 8,
+                            "max_length": 32}],
+                    methods=["l0"], sparsities=[0.2, 0.36], train={"lr": 1e-3, "batch_size": 4, "max_steps": 2})
+    [node] = expand(spec)
+    assert node.request.sparsities == [0.2, 0.36] and not node.done()
+    assert run_local([node]) == {node.id: "ran"} and node.done()
+    assert run_local([node]) == {node.id: "done"}

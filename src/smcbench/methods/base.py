@@ -108,6 +108,9 @@ class Method(ABC):
     # Later runs start from this run's trained weights (the dense fine-tune; a chain's latest level), so the
     # runner keeps them under the default retention policy (`--keep-weights needed`); other runs keep masks only.
     weights_reused: ClassVar[bool] = False
+    # One call of `run` gets every pending level and trains what they share once (a learned-sparsity phase that
+    # does not depend on the level); the grid makes one node of all its levels.
+    shares_levels: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:

@@ -6,8 +6,10 @@ Both fine-tune from θ0 for the full schedule while learning which weights matte
 own, set by their penalty weight (Gale et al. place them by sweeping it: list the method several times with other
 weights in a grid spec). The benchmark compares methods at fixed levels, so when the learned phase ends every run
 ranks the weights by the method's own score (−log α; the gate's open probability), prunes to exactly the requested
-level, and fine-tunes the rest with that mask fixed for `finish_fraction` of the schedule's updates. The result
-records the sparsity the method reached by itself (`notes.reached_sparsity`) beside the exact one. Selected weights
+level, and fine-tunes the rest with that mask fixed for `finish_fraction` of the schedule's updates. The learned
+phase does not depend on the level, so one call trains it once for every pending level (`shares_levels`; a grid
+makes one node of them), then ranks and finishes each. The result records the sparsity the method reached by
+itself (`notes.reached_sparsity`) beside the exact one. Selected weights
 of other layers (recurrent, convolution: the hooks cannot reach the weight those use) are pruned by magnitude at the
 level, each on its own, and listed in the notes (`magnitude_pruned`).
 """
@@ -29,6 +31,7 @@ from smcbench.sparsity import Sparsifier
 from smcbench.sparsity.allocation import Slot, allocate_uniform, prune_groups, target_count
 from smcbench.sparsity.learned import VD_THRESHOLD, L0Gates, LearnedSparsity, VariationalDropout, owners
 from smcbench.sparsity.scores import Index, MagnitudeScore, Score
+from smcbench.training.checkpoint import load_model_tensors, model_tensors
 
 
 class LearnedSettings(SparseSettings):
@@ -82,26 +85,32 @@ class LearnedSparsityMethod(Method):
     def learner(self, exp: Experiment, model: nn.Module, params: dict[str, nn.Parameter]) -> LearnedSparsity:
         """The engine object that learns the sparsity of `params`."""
 
+    shares_levels = True  # the learned phase does not depend on the level: trained once for all of them
+
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings
-        for s in sparsities:
+        model = exp.initial_model()
+        sp = st.sparsifier(model)
+        supported, others = owners(model, sp.params)
+        learner = self.learner(exp, model, {n: sp.params[n] for n in supported})
+        callback = LearnedSparsityTraining(learner, getattr(st, self.penalty_field),
+                                           math.floor(st.penalty_warmup * exp.total_steps), st.penalty_lr)
+        learned = exp.fine_tune(model, [callback], f"{self.name} learned phase")
+        reached = learner.reached_sparsity()
+        scores = learner.scores()
+        learner.fold()
+        learner.remove()
+        trained = model_tensors(model)
+        finish = max(1, math.floor(st.finish_fraction * exp.total_steps))
+        for s in sparsities:  # each level: rank to exactly s from the same learned model, then the fixed-mask finish
             model = exp.initial_model()
+            load_model_tensors(model, trained)
             sp = st.sparsifier(model)
-            supported, others = owners(model, sp.params)
-            learner = self.learner(exp, model, {n: sp.params[n] for n in supported})
-            callback = LearnedSparsityTraining(learner, getattr(st, self.penalty_field),
-                                               math.floor(st.penalty_warmup * exp.total_steps), st.penalty_lr)
-            learned = exp.fine_tune(model, [callback], f"{self.name}@{s:.3f}")
-            reached = learner.reached_sparsity()
-            scores = learner.scores()
-            learner.fold()
-            learner.remove()
             prune_exactly(sp, s, scores, others)
-            finish = max(1, math.floor(st.finish_fraction * exp.total_steps))
             out = retrain(exp, model, sp, s, f"{self.name}@{s:.3f} fixed mask", steps=finish)
             out.notes.update({"reached_sparsity": round(reached, 6), "learned_steps": learned.steps,
                               "learned_validation": learned.best_metric, "fixed_mask_steps": out.train.steps,
-                              "learned_s": round(learned.seconds, 3)})
+                              "learned_s": round(learned.seconds, 3), "learned_levels": len(sparsities)})
             if others:
                 out.notes["magnitude_pruned"] = others
             yield out

@@ -94,8 +94,10 @@ def estimate(nodes: list[Node], policy: str) -> dict[str, RunDisk]:
         r = node.request
         sparse = get_method(r.method).sparse
         size = _model_size(r.spec, r.settings if sparse else None)
-        masks = math.ceil(size.prunable / 8) if sparse else 0
-        out[node.id] = RunDisk(masks, size.weights_bytes if node.id in kept else 0, RECORD_BYTES, size.approximate)
+        runs = len(node.result_paths())  # a node of a method that shares its levels makes several runs
+        masks = math.ceil(size.prunable / 8) * runs if sparse else 0
+        weights = size.weights_bytes * runs if node.id in kept else 0
+        out[node.id] = RunDisk(masks, weights, RECORD_BYTES * runs, size.approximate)
     return out
 
 

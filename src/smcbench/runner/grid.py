@@ -43,14 +43,18 @@ class Node:
     request: RunRequest
     deps: tuple[str, ...]
 
-    def result_path(self) -> Path:
+    def result_paths(self) -> list[Path]:
+        """The result.json of each run the node makes (several levels for a method that shares them)."""
         r = self.request
         if not get_method(r.method).sparse:
-            return dense_dir(r) / "result.json"
-        return run_dir(r, r.run_config(r.sparsities[0])) / "result.json"
+            return [dense_dir(r) / "result.json"]
+        return [run_dir(r, r.run_config(s)) / "result.json" for s in r.sparsities]
+
+    def result_path(self) -> Path:
+        return self.result_paths()[-1]
 
     def done(self) -> bool:
-        return self.result_path().is_file()
+        return all(p.is_file() for p in self.result_paths())
 
 
 def expand(spec: GridSpec, out: Path | None = None, keep_weights: str | None = None,
@@ -105,6 +109,14 @@ def _expand_part(spec: GridSpec, out: Path, keep: str, log: str | None) -> list[
                         nodes.append(Node(node_id, f"{where}: {name} round {k} ({level:.3f})", req, previous))
                         previous = (node_id,)
                     continue
+                if method.shares_levels:  # one node trains what the levels share once, then makes each level
+                    req = RunRequest(task, method.name, list(method_levels), cfg, settings, out, False, keep, log)
+                    deps = start + tuple(_source_node(nodes, req, source, s, where, dense)
+                                         for source in method.sources(req.settings) for s in method_levels)
+                    levels_text = ", ".join(f"{s:.3f}" for s in method_levels)
+                    nodes.append(Node(config_id(req.run_config(max(method_levels))),
+                                      f"{where}: {name} @ {levels_text}", req, deps))
+                    continue
                 for s in method_levels:
                     req = RunRequest(task, method.name, [s], cfg, settings, out, False, keep, log)
                     deps = start + tuple(_source_node(nodes, req, source, s, where, dense)
@@ -136,7 +148,7 @@ def _source_node(nodes: list[Node], req: RunRequest, source: str, level: float, 
 
 def drop_all_weights(nodes: list[Node]) -> int:
     """`keep_weights: none`: delete every node's model weights once the grid has run; returns the bytes freed."""
-    return drop_weights([n.result_path().parent for n in nodes])
+    return drop_weights([p.parent for n in nodes for p in n.result_paths()])
 
 
 def _run_node(request: RunRequest, threads: int) -> str:

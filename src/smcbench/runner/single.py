@@ -298,11 +298,13 @@ def execute(request: RunRequest) -> list[dict]:
         if uses_dense:
             exp.dense_model()  # trained once, before any sparse run starts (the After methods' start, kd's teacher)
         store = ResultStore(request.out / "results.db")
-        # A chained method reaches every level on the way to the highest: one chain.
-        for target in [max(pending)] if method.chained else pending:
-            exp.current_id = config_id(request.run_config(target))
+        # A chained method reaches every level on the way to the highest: one chain. A method that shares work
+        # between levels gets them all at once.
+        groups = [[max(pending)]] if method.chained else [pending] if method.shares_levels else [[s] for s in pending]
+        for group in groups:
+            exp.current_id = config_id(request.run_config(max(group)))
             started = time.perf_counter()
-            for outcome in method.run(exp, [target]):
+            for outcome in method.run(exp, group):
                 config = request.run_config(outcome.sparsity)
                 folder = run_dir(request, config)
                 if not (folder / "result.json").is_file():
