@@ -154,7 +154,7 @@ class LocalExperiment:
             self.dense_trainings += 1
             if (folder / "result.json").is_file():
                 save_weights(outcome.model, folder)
-                self._drop_checkpoints()
+                self.drop_checkpoints()
             else:
                 record = finish_run(self.request, self, outcome, self.request.dense_config(), folder,
                                     time.perf_counter() - start)
@@ -166,7 +166,8 @@ class LocalExperiment:
         load_model_tensors(model, load_file(str(folder / WEIGHTS)))
         return model
 
-    def _drop_checkpoints(self) -> None:
+    def drop_checkpoints(self) -> None:
+        """Remove the checkpoints of the trainings this experiment ran (their run is written)."""
         for ckpt in self.checkpoints:
             shutil.rmtree(ckpt, ignore_errors=True)
         self.checkpoints.clear()
@@ -228,7 +229,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-    exp._drop_checkpoints()
+    exp.drop_checkpoints()
     return {**record, "dir": str(folder)}
 
 
