@@ -130,15 +130,15 @@ def test_bad_run_requests_are_one_error_line(tiny_model_path, data_root, tmp_pat
         (["commonsense/csqa", "--method", "gmp", "--sparsity", "1.2", "--data-dir", str(data_root)],
          "must be in [0, 1)"),
         # Options follow from the settings schemas: each is checked before any work starts.
-        (["commonsense/csqa", "--lr", "-1", "--data-dir", str(data_root)], "training.lr: Input should be greater"),
+        (["commonsense/csqa", "--lr", "-1", "--data-dir", str(data_root)], "--lr: Input should be greater"),
         (["commonsense/csqa", "--method", "gmp", "--rigl-alpha", "0.5", "--data-dir", str(data_root)],
          "method gmp has no setting(s) ['rigl_alpha']"),
         (["commonsense/csqa", "--method", "gmp", "--gmp-end", "1.5", "--data-dir", str(data_root)],
-         "gmp_end: Input should be less than or equal to 1"),
+         "--gmp-end: Input should be less than or equal to 1"),
         (["commonsense/winogrande", "--option", "train_variant=q", "--data-dir", str(data_root)],
-         "commonsense/winogrande options: train_variant"),
+         "--option train_variant: Input should be 'xs'"),
         (["commonsense/csqa", "--option", "train_variant=m", "--data-dir", str(data_root)],
-         "train_variant: unknown setting"),
+         "--option train_variant: unknown setting"),
         (["commonsense/csqa", "--schedule", "cosine", "--data-dir", str(data_root)], "unknown schedule 'cosine'"),
     ]
     for args, message in cases:

@@ -180,6 +180,6 @@ def test_true_by_default_settings_can_be_switched_off_on_the_command_line(tiny_m
         "--max-length", "32", "--batch-size", "4", "--max-steps", "2", "--no-bucket-by-length", "--quiet", "--out",
         str(tmp_path)])
     assert result.exit_code == 0, result.output
-    [r] = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("result.json")]
+    [r] = [json.loads(p.read_text()) for p in (tmp_path / "omp_after").rglob("result.json")]
     assert r["steps"] == 0 and r["config"]["settings"] == {"retrain": False}
     assert r["config"]["train"]["bucket_by_length"] is False
