@@ -16,6 +16,7 @@ level, each on its own, and listed in the notes (`magnitude_pruned`).
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -31,7 +32,6 @@ from smcbench.sparsity import Sparsifier
 from smcbench.sparsity.allocation import Slot, allocate_uniform, prune_groups, target_count
 from smcbench.sparsity.learned import VD_THRESHOLD, L0Gates, LearnedSparsity, VariationalDropout, owners
 from smcbench.sparsity.scores import Index, MagnitudeScore, Score
-from smcbench.training.checkpoint import load_model_tensors, model_tensors
 
 
 class LearnedSettings(SparseSettings):
@@ -100,11 +100,10 @@ class LearnedSparsityMethod(Method):
         scores = learner.scores()
         learner.fold()
         learner.remove()
-        trained = model_tensors(model)
+        learned_model = model
         finish = max(1, math.floor(st.finish_fraction * exp.total_steps))
         for s in sparsities:  # each level: rank to exactly s from the same learned model, then the fixed-mask finish
-            model = exp.initial_model()
-            load_model_tensors(model, trained)
+            model = copy.deepcopy(learned_model)
             sp = st.sparsifier(model)
             prune_exactly(sp, s, scores, others)
             out = retrain(exp, model, sp, s, f"{self.name}@{s:.3f} fixed mask", steps=finish)

@@ -19,6 +19,7 @@ from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
 from smcbench.report import analysis, summary  # noqa: E402
+from smcbench.runner.single import MASKS  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
 
@@ -303,7 +304,7 @@ def _overlap(report: Report, label: str, rows: list[dict]) -> None:
     """Pairwise Jaccard overlap of kept weights between methods at equal sparsity and seed."""
     by_key: dict[tuple[float, int], dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        path = Path(r.get("dir", "")) / "masks.safetensors"
+        path = Path(r.get("dir", "")) / MASKS
         if is_sparse(r["method"], r["target_sparsity"]) and path.is_file():
             by_key[(round(r["target_sparsity"], 3), r["seed"])][r["variant"]] = read_masks(path)
     lines = []

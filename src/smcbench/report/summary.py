@@ -14,7 +14,8 @@ import numpy as np
 
 from smcbench.metrics import Metric
 from smcbench.report import analysis
-from smcbench.runner.disk import human
+from smcbench.runner.disk import human, on_disk
+from smcbench.runner.single import WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,10 @@ def storage(records: list[dict]) -> str:
         if folder is None or not folder.is_dir():
             missing += 1
             continue
-        for path in folder.iterdir():
-            if not path.is_file():
-                continue
-            kind = {"model.safetensors": "weights", "masks.safetensors": "masks"}.get(path.name, "other")
-            sizes[kind] += path.stat().st_size
-            if kind == "weights":
-                kept.append(r["method"])
+        for kind, size in on_disk(folder).items():
+            sizes[kind] += size
+        if (folder / WEIGHTS).is_file():
+            kept.append(r["method"])
     methods = ", ".join(f"{m} {kept.count(m)}" for m in sorted(set(kept)))
     text = (f"model weights of {len(kept)} of {len(records)} runs{' (' + methods + ')' if kept else ''}: "
             f"{human(sizes['weights'])}; masks (every sparse run, bit-packed): {human(sizes['masks'])}; configs "

@@ -17,7 +17,7 @@ from smcbench.errors import SmcBenchError
 from smcbench.methods import SelectionSettings, get_method
 from smcbench.models import published_parameters
 from smcbench.runner.grid import Node
-from smcbench.runner.single import WEIGHTS
+from smcbench.runner.single import MASKS, WEIGHTS
 from smcbench.settings import Settings
 from smcbench.tasks import TaskSpec, get_task
 
@@ -101,11 +101,13 @@ def estimate(nodes: list[Node], policy: str) -> dict[str, RunDisk]:
     return out
 
 
-def on_disk(folder: Path) -> tuple[int, int]:
-    """(all bytes, model-weight bytes) of a run folder as it is now."""
-    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-    weights = (folder / WEIGHTS).stat().st_size if (folder / WEIGHTS).is_file() else 0
-    return total, weights
+def on_disk(folder: Path) -> dict[str, int]:
+    """Bytes of a run folder as it is now, by kind: weights, masks, other (configs and results)."""
+    sizes = {"weights": 0, "masks": 0, "other": 0}
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if path.is_file():
+            sizes[{WEIGHTS: "weights", MASKS: "masks"}.get(path.name, "other")] += path.stat().st_size
+    return sizes
 
 
 def human(n: float) -> str:

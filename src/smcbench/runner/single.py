@@ -134,14 +134,14 @@ class LocalExperiment:
             return None
         model = self.initial_model()
         load_model_tensors(model, load_file(str(folder / "model.safetensors")))
-        return model, read_masks(folder / "masks.safetensors")
+        return model, read_masks(folder / MASKS)
 
     def source_masks(self, method: str, sparsity: float) -> dict:
         selection = {k: v for k, v in self.settings.identity().items() if k in SelectionSettings.model_fields}
         source = RunRequest(self.request.spec, method, [sparsity], self.request.train, selection, self.request.out,
                             self.request.progress, self.request.keep_weights, self.request.log)
         [record] = execute(source)  # nothing to do when it is finished (a grid runs it first)
-        return read_masks(Path(record["dir"]) / "masks.safetensors")
+        return read_masks(Path(record["dir"]) / MASKS)
 
     def dense_model(self) -> nn.Module:
         """A fresh copy of the dense fine-tune, trained (by the dense method) the first time only, or again (same
@@ -187,7 +187,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     tmp.mkdir(parents=True)
     if outcome.sparsifier is not None:
         rows = layer_sparsity(outcome.sparsifier.masks)
-        outcome.sparsifier.save_masks(tmp / "masks.safetensors")
+        outcome.sparsifier.save_masks(tmp / MASKS)
     else:  # the dense model: every Linear and Embedding weight
         rows = weight_sparsity(dict(select_prunable(outcome.model, "all")))
     # The lazy-regime diagnostic, recorded now so that the report needs no model weights: how far training moved
@@ -241,6 +241,7 @@ def resolve(spec: TaskSpec, train_overrides: dict) -> tuple[TaskSpec, TrainConfi
 
 
 WEIGHTS = "model.safetensors"
+MASKS = "masks.safetensors"
 CHECKPOINTS = ".checkpoints"  # hidden: never taken for a finished run
 KEEP_WEIGHTS = ("needed", "all", "none")
 
