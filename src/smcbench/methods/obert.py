@@ -49,7 +49,7 @@ class OBertStep:
         self.exp = exp
         self.batches = self._cycle()
         self.gradient_s = self.fisher_s = 0.0
-        self.steps = 0
+        self.steps = self.unstable_blocks = 0
 
     def _cycle(self) -> Iterator[dict]:
         st = self.exp.settings
@@ -70,12 +70,12 @@ class OBertStep:
                                     st.obert_gradients):
             now = time.perf_counter()
             self.gradient_s += now - clock
-            fisher.add(grads)
+            fisher.add(grads, sp.masks)  # the Fisher given the weights pruned so far stay zero
             clock = time.perf_counter()
             self.fisher_s += clock - now
         original = {n: p.detach().clone() for n, p in sp.params.items()}  # pruning zeroes w_Q; the update needs it
         sp.prune(target, OBertScore(fisher), "global")
-        fisher.update_weights(sp.params, sp.masks, original)
+        self.unstable_blocks += fisher.update_weights(sp.params, sp.masks, original)
         self.fisher_s += time.perf_counter() - clock
         self.steps += 1
 
@@ -105,6 +105,7 @@ class OBert(Method):
                               schedule.steps())
                 out.notes["pruning_steps"] = schedule.steps()
             out.notes.update({"fisher_gradients_s": round(step.gradient_s, 3), "fisher_work_s": round(step.fisher_s, 3),
+                              "obs_unstable_blocks": step.unstable_blocks,
                               "fisher_memory_bytes": BlockFisherInverse.memory_bytes(
                                   sum(p.numel() for p in sp.params.values()), st.obert_block)})
             yield out

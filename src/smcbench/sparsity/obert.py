@@ -8,18 +8,30 @@ one Woodbury rank-one step per gradient,
 
 so no d×d matrix and no B×B inversion per gradient ever exists: memory is d·B floats, work O(d·B) per gradient.
 
+During gradual pruning the gradients are masked before they enter the Fisher (as SparseML does): a pruned weight
+stays zero, so the Fisher that matters for the kept weights K is the one given w_pruned = 0, F_KK, and with masked
+gradients the pruned coordinates decouple (their rows of F are λ·e_q), so the kept block of F⁻¹ is exactly
+(F_KK)⁻¹. Unmasked gradients would give the kept weights the unconditional [F⁻¹]_KK instead.
+
 Saliency of weight q: ρ_q = w_q² / (2 [F⁻¹]_qq) (the loss increase of removing it, OBS). After the mask is chosen,
 the weights still kept in a block move by the OBS update for the set Q pruned in that block,
 
     δw = −F⁻¹[:, Q] (F⁻¹[Q, Q])⁻¹ w_Q,
 
 which zeroes w_Q and minimises the quadratic loss increase. Weights pruned earlier belong to Q too (their w is 0), so
-the update cannot revive them. Pure torch, tensors only.
+the update cannot revive them. The solve with F⁻¹[Q, Q] runs in float64: with few gradients and a small λ a block's
+F⁻¹ has eigenvalues from ~1/λ down to ~1/‖g‖², and a float32 solve of it can move the kept weights by many times
+their size. That is not enough when F⁻¹ itself is inaccurate: stored in float32 and built by Woodbury steps that
+start from 1/λ, it loses the small eigen-directions once ‖g‖²/(mλ) nears 1/ε₃₂ (unit-scale gradients at λ = 1e-7;
+fine-tuning gradients of ~1e-3 are far from it). A block whose update then moves a kept weight by more than
+OBS_GUARD times the block's largest weight, or is not finite, is only masked (no update) and counted: the method
+records the count in its notes. Pure torch, tensors only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import Any
 
 import torch
@@ -31,7 +43,8 @@ from smcbench.sparsity.scores import Index, Score, ScoreContext, register_score
 DEFAULT_BLOCK = 50  # oBERT's B
 DEFAULT_GRADIENTS = 1024  # oBERT's m
 DEFAULT_DAMP = 1e-7  # oBERT's λ (the Fisher's dampening)
-SOLVE_CHUNK = 8192  # blocks solved at once in the OBS update (bounds the temporaries to ~80 MB at B = 50)
+OBS_GUARD = 10.0  # an OBS update larger than this × the block's max |w| comes from an inaccurate F⁻¹: not applied
+SOLVE_CHUNK = 4096  # blocks solved at once in the OBS update (float64: bounds the temporaries to ~80 MB at B = 50)
 
 
 def _available_ram() -> int | None:
@@ -96,10 +109,12 @@ class BlockFisherInverse:
                                 "tensors (--preset encoder, --include)")
 
     @torch.no_grad()
-    def add(self, grads: dict[str, Tensor]) -> None:
-        """One gradient (of a single example or a small batch) per tensor: one Woodbury step per block."""
+    def add(self, grads: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> None:
+        """One gradient (of a single example or a small batch) per tensor: one Woodbury step per block. `masks`:
+        the current masks; pruned coordinates get zero gradient (the Fisher given that they stay zero)."""
         for name, inv in self.inverse.items():
-            g = _blocks(grads[name], self.block).to(inv.dtype).unsqueeze(-1)  # (blocks, B, 1)
+            grad = grads[name] if masks is None else grads[name] * masks[name]
+            g = _blocks(grad, self.block).to(inv.dtype).unsqueeze(-1)  # (blocks, B, 1)
             u = torch.bmm(inv, g)  # F⁻¹g
             denom = self.num_grads + torch.bmm(g.transpose(1, 2), u)  # m + gᵀF⁻¹g, (blocks, 1, 1)
             inv.baddbmm_(u, u.transpose(1, 2) / denom, alpha=-1.0)
@@ -117,9 +132,11 @@ class BlockFisherInverse:
 
     @torch.no_grad()
     def update_weights(self, params: dict[str, nn.Parameter], masks: dict[str, Tensor],
-                       original: dict[str, Tensor] | None = None) -> None:
+                       original: dict[str, Tensor] | None = None) -> int:
         """The OBS update of every block for the weights its mask prunes; the pruned weights end exactly 0.
-        `original`: the weights before the mask zeroed them (`Sparsifier.prune` does), default the params."""
+        `original`: the weights before the mask zeroed them (`Sparsifier.prune` does), default the params.
+        Returns the number of blocks whose update failed the stability guard (only masked)."""
+        unstable = 0
         for name, inv in self.inverse.items():
             p = params[name]
             w = _blocks(p if original is None else original[name], self.block).to(inv.dtype)
@@ -129,18 +146,23 @@ class BlockFisherInverse:
                 pruned.view(-1)[numel:] = True
             w_q = w * pruned
             active = w_q.abs().sum(1).nonzero().squeeze(1)  # blocks with something to remove
-            delta = torch.zeros_like(w)
+            delta = torch.zeros_like(w, dtype=torch.float64)
             for a in range(0, active.numel(), SOLVE_CHUNK):
                 rows = active[a:a + SOLVE_CHUNK]
-                f, q, wq = inv[rows], pruned[rows], w_q[rows]
+                f, q, wq = inv[rows].double(), pruned[rows], w_q[rows].double()
                 both = q.unsqueeze(2) & q.unsqueeze(1)
                 # F⁻¹[Q, Q] padded with the identity outside Q: one batched solve gives (F⁻¹[Q,Q])⁻¹ w_Q on Q, 0 off it.
                 eye = torch.eye(self.block, dtype=f.dtype, device=f.device).expand_as(f)
                 sub = torch.where(both, f, eye)
                 x = torch.linalg.solve(sub, wq.unsqueeze(-1))
-                delta[rows] = -torch.bmm(f, x).squeeze(-1)
-            new = (w + delta).masked_fill(pruned, 0.0)
+                d = -torch.bmm(f, x).squeeze(-1)
+                bound = OBS_GUARD * w[rows].abs().amax(1, keepdim=True).double()
+                bad = ~(d.masked_fill(q, 0.0).abs() <= bound).all(1)  # also catches NaN and inf
+                unstable += int(bad.sum())
+                delta[rows] = d.masked_fill(bad.unsqueeze(1), 0.0)
+            new = (w.double() + delta).masked_fill(pruned, 0.0)
             p.copy_(new.reshape(-1)[:numel].view_as(p).to(p.dtype))
+        return unstable
 
 
 def iter_gradients(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor], batches: Iterable[Any],
@@ -150,9 +172,8 @@ def iter_gradients(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor
     gradients behind for the next update)."""
     names, tensors = list(params), list(params.values())
     seen = 0
-    for batch in batches:
-        if seen == count:
-            break
+    # islice: never draws a batch beyond `count` (a shared iterator's next step starts right after this one's)
+    for batch in islice(batches, count):
         grads = torch.autograd.grad(loss(batch), tensors, allow_unused=True)
         yield {n: g if g is not None else torch.zeros_like(p) for n, p, g in zip(names, tensors, grads, strict=True)}
         seen += 1
@@ -162,13 +183,14 @@ def iter_gradients(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor
 
 
 def collect_fisher(params: dict[str, nn.Parameter], loss: Callable[[Any], Tensor], batches: Iterable[Any],
-                   num_grads: int = DEFAULT_GRADIENTS, block: int = DEFAULT_BLOCK,
-                   damp: float = DEFAULT_DAMP) -> BlockFisherInverse:
-    """The block Fisher inverse of `params` from `num_grads` gradients of `loss` over `batches`."""
+                   num_grads: int = DEFAULT_GRADIENTS, block: int = DEFAULT_BLOCK, damp: float = DEFAULT_DAMP,
+                   masks: dict[str, Tensor] | None = None) -> BlockFisherInverse:
+    """The block Fisher inverse of `params` from `num_grads` gradients of `loss` over `batches` (masked by
+    `masks`, the current masks, when weights are already pruned)."""
     first = next(iter(params.values()))
     fisher = BlockFisherInverse({n: p.shape for n, p in params.items()}, block, num_grads, damp, first.device)
     for grads in iter_gradients(params, loss, batches, num_grads):
-        fisher.add(grads)
+        fisher.add(grads, masks)
     return fisher
 
 
@@ -184,7 +206,8 @@ class OBertScore(Score):
     def from_context(cls, context: ScoreContext) -> OBertScore:
         if context.loss is None or context.batches is None:
             raise SmcBenchError("the obert score needs gradients: give the pruning step a loss and training batches")
-        return cls(collect_fisher(context.params, context.loss, context.batches(), context.num_batches))
+        return cls(collect_fisher(context.params, context.loss, context.batches(), context.num_batches,
+                                  masks=context.masks))
 
     def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
         return self.fisher.saliency(name, weight, index)

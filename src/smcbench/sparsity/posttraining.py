@@ -9,7 +9,10 @@ every M consecutive input weights of a row, as `Sparsifier.prune(..., "N:M")`.
 - SparseGPT (Frantar & Alistarh 2023): H = XᵀX/n + λI (λ = 1 % of mean diag), the upper Cholesky factor U of H⁻¹;
   column blocks of 128: in each, the mask takes the lowest w² / U_cc² (adaptive mask selection), then column by
   column the pruned weights are removed with the OBS update of the columns to the right (lazy within the block, one
-  matrix product for the rest). Dead inputs (H_jj = 0) get H_jj = 1.
+  matrix product for the rest). Dead inputs (H_jj = 0) get H_jj = 1 and their weights are zeroed before the sweep, as
+  in the reference implementation (IST-DASLab/sparsegpt). Differences from it, on purpose: exactly round(s·N)
+  weights per layer (its per-block threshold `sort(...)[int(n·s)]` with `<=` prunes one more per block, and more at
+  ties), shared out over the blocks so the layer's total is exact.
 """
 
 from __future__ import annotations
@@ -78,8 +81,12 @@ def sparsegpt_prune_layer(weight: nn.Parameter, mask: Tensor, stats: Hessian, sp
     if nm is not None and cols % nm[1]:
         raise SmcBenchError(f"SparseGPT {nm[0]}:{nm[1]}: a layer with {cols} inputs is not a multiple of {nm[1]}")
     H = stats.matrix().float().clone()
+    # Dead inputs (always zero: a unit that never fires, a padding feature): their weights change no output, so
+    # they are zeroed first, as the reference does; they then score 0 and are the first pruned, never competing
+    # with weights that matter.
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
+    W[:, dead] = 0.0
     H.diagonal().add_(damp * H.diagonal().mean())
     try:
         U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)

@@ -56,6 +56,7 @@ class ScoreContext:
     loss: Callable[[Any], Tensor] | None = None
     batches: Callable[[], Iterable[Any]] | None = None
     num_batches: int = DEFAULT_SNIP_BATCHES
+    masks: dict[str, Tensor] | None = None  # the current masks, when weights are already pruned (second-order scores)
 
     def gradients(self) -> dict[str, Tensor]:
         if self.loss is None or self.batches is None:

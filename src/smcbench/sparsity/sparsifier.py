@@ -77,12 +77,17 @@ class Sparsifier:
 
     def prune(self, sparsity: float, score: str | Score = "magnitude", allocation: str = "global") -> None:
         """Prune to `sparsity` (fraction of zeros over the allocation's groups). Already-pruned weights stay
-        pruned. `allocation` is global, uniform, erk, or N:M such as 2:4 (then `sparsity` is ignored)."""
+        pruned. `allocation` is global, uniform, erk, or N:M such as 2:4 (then `sparsity` must be 1 − N/M: a
+        level the pattern cannot reach is an error, not ignored)."""
         scorer = make_score(score) if isinstance(score, str) else score
         slots = [Slot(n, p, self.masks[n]) for n, p in self.params.items()]
         nm = NM_PATTERN.match(allocation)
         if nm:
-            prune_n_m(slots, scorer, int(nm.group(1)), int(nm.group(2)))
+            n, m = int(nm.group(1)), int(nm.group(2))
+            if m > 0 and abs(sparsity - (1 - n / m)) > 1e-9:
+                raise SmcBenchError(f"allocation {allocation} prunes exactly {1 - n / m:g} of the weights: give "
+                                    f"sparsity {1 - n / m:g} (got {sparsity:g})")
+            prune_n_m(slots, scorer, n, m)
         else:
             prune_groups(get_allocation(allocation)(slots, check_sparsity(sparsity)), scorer)
         # Pruning only clears bits, so the new masks are exactly the positions kept all along.
@@ -138,9 +143,10 @@ class Sparsifier:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Call after the optimizer step: re-mask weights unless every optimizer keeps zeros exact by itself."""
+        """Call after the optimizer step: re-mask weights unless every optimizer keeps zeros exact by itself. With
+        no optimizer attached nothing is known of its state (Adam's moments could revive a pruned weight): re-mask."""
         # Exact types: a subclass may override step() with another update rule.
-        if not all(type(o) in ZERO_PRESERVING_OPTIMIZERS for o in self.optimizers):
+        if not self.optimizers or not all(type(o) in ZERO_PRESERVING_OPTIMIZERS for o in self.optimizers):
             for n, p in self.params.items():
                 p.mul_(self.masks[n])
 
