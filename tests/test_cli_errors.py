@@ -54,6 +54,8 @@ CATALOGUE = [
     (["grid", "{spec:lr}"], "train.lr"),
     (["grid", "{spec:method}"], "unknown method 'nosuch'"),
     (["grid", "{spec:keep}"], "keep_weights"),
+    (["grid", "paper-all", "--part", "chemistry"], "--part 'chemistry': paper-all has the parts"),
+    (["grid", "demo", "--part", "protein"], "--part: demo includes no other specs"),
     # report
     (["report", "--out", "nonexistent"], "--out 'nonexistent': no such folder"),
     (["report", "--levels", "2"], "--levels 2.0: must be in [0, 1)"),
@@ -91,6 +93,7 @@ CATALOGUE = [
     (["bench", "second-order", "--block", "0"], "--block"),
     (["bench", "second-order", "--gradients", "-3"], "--gradients"),
     (["bench", "report", "--rows", "0"], "--rows"),
+    (["bench", "optimizer", "--steps", "0"], "--steps"),
 ]
 
 SPECS = {

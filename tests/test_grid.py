@@ -71,7 +71,7 @@ def test_two_workers_run_the_grid_with_dependencies(tiny_model_path, data_root, 
 def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path):
     spec_path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                            methods=["omp_before", "random_before"], sparsities=[0.2, 0.36],
-                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 400, "eval_every": 2})
+                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 80, "eval_every": 2})
     cmd = [sys.executable, "-c", "from smcbench.cli import main; main()", "grid", str(spec_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "out" / "results.db"
@@ -130,18 +130,54 @@ def test_shipped_presets_validate():
     assert g2t.train.lr == 8e-4 and g2t.train.epochs == 50 and g2t.train.schedule == "step"
 
 
+PAPER_METHODS = {"dense", "lth", "omp_after", "random_after", "gmp", "omp_before", "random_before", "snip",
+                 "omp_rigl", "random_rigl", "snip_rigl"}
+
+
 def test_the_paper_protein_preset_holds_the_main_grid_and_table_1():
     nodes = expand(load_spec("paper-protein"))
     assert len({n.id for n in nodes}) == len(nodes)
-    main = [n.request for n in nodes if n.request.spec.task in ("protein/hp-s", "protein/meltome")]
-    assert {r.method for r in main} == {"dense", "lth", "omp_after", "random_after", "gmp", "omp_before",
-                                        "random_before", "snip", "omp_rigl", "random_rigl", "snip_rigl"}
-    table = [n.request for n in nodes if n.request.spec.task == "protein/hp-s2c2"]
+    esm1b, tape = "facebook/esm1b_t33_650M_UR50S", "tape"
+    for task in ("protein/hp-s", "protein/meltome", "protein/hp-s2c2", "protein/hp-s2c5"):
+        for model in (esm1b, tape):  # ESM-1b and TAPE beside it, every method, on every dataset
+            runs = [n.request for n in nodes if n.request.spec.task == task and n.request.spec.model == model]
+            assert {r.method for r in runs} == PAPER_METHODS, (task, model)
+    table = [n.request for n in nodes if n.request.spec.task == "protein/hp-s2c2" and n.request.spec.model == esm1b
+             and (n.request.method == "dense" or n.request.sparsities == [0.05])]
     assert [r.method for r in table].count("dense") == 1  # one dense fine-tune beside the five subsets
     subsets = {r.settings.include for r in table if r.method == "omp_after"}
-    assert len(subsets) == 5 and all(r.sparsities == [0.05] for r in table if r.method == "omp_after")
-    esm1b = next(r for r in table if r.method == "dense")
-    assert esm1b.train.lr_groups == ((r"^backbone\.", 1e-6),) and esm1b.train.batch_size == 3  # offline: no hub
+    assert len(subsets) == 5
+    dense = next(r for r in table if r.method == "dense")
+    assert dense.train.lr_groups == ((r"^backbone\.", 1e-6),) and dense.train.batch_size == 3  # offline: no hub
+    tape_dense = next(n.request for n in nodes if n.request.spec.model == tape and n.request.method == "dense")
+    assert tape_dense.train.lr == 1e-4 and tape_dense.train.epochs == 4.0  # TAPE's own setting, offline
+
+
+def test_the_paper_commonsense_preset_covers_csqa_race_and_winogrande():
+    nodes = expand(load_spec("paper"))
+    dense = {n.request.spec.task: n.request for n in nodes if n.request.method == "dense" and n.request.spec.seed == 0}
+    assert set(dense) == {"commonsense/csqa", "commonsense/race-m", "commonsense/race-h", "commonsense/winogrande"}
+    assert (dense["commonsense/csqa"].train.max_steps, dense["commonsense/csqa"].train.batch_size) == (3000, 16)
+    assert (dense["commonsense/race-m"].train.epochs, dense["commonsense/race-m"].train.batch_size) == (3.0, 16)
+    wino = dense["commonsense/winogrande"].train
+    assert (wino.max_steps, wino.warmup_steps, wino.batch_size, wino.lr) == (23750, 2735, 32, 1e-5)
+    for task in dense:
+        assert {n.request.method for n in nodes if n.request.spec.task == task} == PAPER_METHODS
+
+
+def test_paper_all_plans_every_family_and_selects_parts(capsys):
+    from smcbench.cli import app
+
+    spec = load_spec("paper-all")
+    assert [name for name, _ in spec.included()] == ["commonsense", "appendix-c", "arithmetic", "protein",
+                                                     "translation"]
+    assert [name for name, _ in spec.included(["protein"])] == ["protein"]
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["grid", "paper-all", "--dry-run", "--part", "translation", "--part", "arithmetic"])
+    assert out.exit_code == 0, out.output
+    assert "arithmetic (paper-arithmetic): " in out.output and "translation (paper-translation): " in out.output
+    assert "paper-all, all 2 parts:" in out.output and "paper-protein" not in out.output
 
 
 def test_the_paper_translation_preset_uses_the_papers_mbart_setting_offline():

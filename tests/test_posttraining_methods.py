@@ -40,10 +40,23 @@ def test_post_training_without_retraining_prunes_the_dense_fine_tune_and_trains_
     else:  # the others only mask
         assert torch.equal(weights[name][kept], dense[name][kept])
     assert torch.equal(weights["classifier.bias"], dense["classifier.bias"])  # nothing else trained
-    if method != "omp_after":  # per layer, the embeddings (no Linear inputs) by magnitude, said in the notes
+    if method != "omp_after":  # the reference's selection by default: the encoder's Linear layers, no fallback
+        assert r["selection"]["preset"] == "encoder" and r["config"]["method_version"] == 2
+        assert all(".layer." in layer["name"] for layer in r["layers"])
         assert all(layer["pruned"] == round(0.5 * layer["numel"]) for layer in r["layers"])
-        assert "bert.embeddings.word_embeddings.weight" in r["notes"]["magnitude_pruned"]
-        assert not any(".layer." in n for n in r["notes"]["magnitude_pruned"])
+        assert r["notes"]["magnitude_pruned"] == [] and r["notes"]["magnitude_pruned_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_post_training_under_all_prunes_embeddings_by_magnitude_and_says_how_much(method, tiny_model_path,
+                                                                                  data_root, tmp_path):
+    [r] = execute(csqa_request(tiny_model_path, data_root, tmp_path, method, [0.5], preset="all"))
+    layers = {layer["name"]: layer for layer in r["layers"]}
+    assert all(layer["pruned"] == round(0.5 * layer["numel"]) for layer in r["layers"])  # each at the level
+    fallback = r["notes"]["magnitude_pruned"]
+    assert "bert.embeddings.word_embeddings.weight" in fallback and not any(".layer." in n for n in fallback)
+    share = sum(layers[n]["numel"] for n in fallback) / sum(x["numel"] for x in r["layers"])
+    assert r["notes"]["magnitude_pruned_fraction"] == pytest.approx(share, rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["omp_after", "wanda", "sparsegpt"])
@@ -141,10 +154,25 @@ def test_distillation_loss_is_zero_for_the_teacher_and_mixes_by_hardness():
 
 
 def test_recipe_kd_uses_the_cached_dense_teacher_and_lrr_follows_the_pruning_steps(tiny_model_path, data_root,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch):
+    from smcbench.methods import recipe as recipe_module
+
+    rewinds, factors = [], []
+    original_factor = recipe_module.LRRewinding.lr_factor
+
+    def spy(self, state, factor):
+        rewinds.append(tuple(self.pruning_steps))
+        factors.append((state.step, original_factor(self, state, factor), state.schedule(0)))
+        return factors[-1][1]
+
+    monkeypatch.setattr(recipe_module.LRRewinding, "lr_factor", spy)
     [plain] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1))
+    assert not rewinds  # no lrr: no rewinding callback
     [recipe] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "gmp", [0.36], interval=1, kd=True, lrr=True,
                                preset="encoder"))
+    assert rewinds and set(rewinds) == {tuple(recipe["notes"]["pruning_steps"])}  # GMP's own pruning steps
+    # The rate starts its schedule afresh right after every pruning step.
+    assert all(f == first for step, f, first in factors if step in recipe["notes"]["pruning_steps"])
     assert [r["method"] for r in ResultStore(tmp_path / "results.db").records()].count("dense") == 1
     assert recipe["config"]["settings"] == {"interval": 1, "kd": True, "lrr": True, "preset": "encoder"}
     assert plain["config"]["settings"] == {"interval": 1}  # recipe fields at their defaults: old ids stand

@@ -27,12 +27,16 @@ def test_imp_round_rejects_levels_lth_cannot_reach():
         imp_round(0.5)
 
 
+def test_cubic_takes_zhu_and_gupta_s_values_at_the_quarters():
+    # s_t = s_f (1 - (1 - t/T)^3): a quarter of the way 37/64 of the target, half 7/8, three quarters 63/64.
+    values = [cubic_sparsity(t, 0.64, 100, 500) for t in (100, 200, 300, 400, 500)]
+    assert values == pytest.approx([0.0, 0.64 * 37 / 64, 0.64 * 7 / 8, 0.64 * 63 / 64, 0.64], abs=1e-15)
+
+
 @given(final=st.floats(0.0, 0.99), start=st.integers(0, 100), length=st.integers(1, 1000), data=st.data())
-def test_cubic_matches_zhu_and_gupta_and_is_monotone(final, start, length, data):
+def test_cubic_is_monotone_and_ends_exactly(final, start, length, data):
     end = start + length
     t = data.draw(st.integers(start, end))
-    expected = final + (0.0 - final) * (1 - (t - start) / length) ** 3
-    assert cubic_sparsity(t, final, start, end) == pytest.approx(expected, abs=1e-12)
     assert cubic_sparsity(t, final, start, end) <= cubic_sparsity(min(end, t + 1), final, start, end) + 1e-12
     assert cubic_sparsity(start, final, start, end) == 0.0
     assert cubic_sparsity(end, final, start, end) == final

@@ -131,8 +131,9 @@ def test_a_hub_model_that_is_not_here_is_sized_from_its_published_count(monkeypa
     disk = estimate(nodes, "needed")
     assert all(d.approximate for d in disk.values())
     kept = [n for n in nodes if disk[n.id].weights]
-    # Three dense fine-tunes (one per seed) and the last LTH round of each seed keep weights.
-    assert sorted(n.request.method for n in kept) == ["dense"] * 3 + ["lth"] * 3
+    # Per task (CSQA, RACE-M, RACE-H, WinoGrande), three dense fine-tunes (one per seed) and the last LTH round of
+    # each seed keep weights.
+    assert sorted(n.request.method for n in kept) == ["dense"] * 12 + ["lth"] * 12
     assert disk[kept[0].id].weights == 4 * 355_000_000
     masks = {d.masks for n, d in ((n, disk[n.id]) for n in nodes) if n.request.method != "dense"}
     assert masks == {355_000_000 // 8}

@@ -118,6 +118,41 @@ def test_resume_after_a_crash_gives_the_same_model(tmp_path):
     assert torch.allclose(weights(resumed), weights(reference), atol=1e-6)
 
 
+class NoisyRegression(Regression):
+    """Draws from every generator a training step may use: torch (dropout), Python's random, NumPy's."""
+
+    def forward(self, x, y):
+        import random
+
+        import numpy as np
+
+        noise = random.gauss(0, 0.1) + float(np.random.standard_normal()) * 0.1
+        return type("Out", (), {"loss": (self.body(x).squeeze(-1) + noise - y).pow(2).mean()})()
+
+
+def test_resume_restores_every_generator_bit_for_bit(tmp_path):
+    """Regression: resume restored only torch's CPU generator, so a step drawing from Python's or NumPy's
+    generator diverged after a resume."""
+    import random
+
+    import numpy as np
+
+    cfg = TrainConfig(lr=0.05, batch_size=8, max_steps=9, eval_every=3)
+    reference = NoisyRegression(dropout=0.3)
+    train(reference, data(), collate, cfg, evaluate=lambda m: 0.0, progress=False)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(NoisyRegression(dropout=0.3), data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[Crash(5)],
+              checkpoint_dir=tmp_path, progress=False)
+    random.seed(123)  # a fresh process: its generators are wherever they are
+    np.random.seed(456)
+    torch.manual_seed(789)
+    resumed = NoisyRegression(dropout=0.3)
+    train(resumed, data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[Crash(-1)], checkpoint_dir=tmp_path,
+          progress=False)
+    assert torch.equal(weights(resumed), weights(reference))
+
+
 def test_gmp_in_the_loop_ends_exactly_at_its_target():
     model = Regression()
     sp = Sparsifier(model)

@@ -21,11 +21,12 @@ bench_app = typer.Typer(no_args_is_help=True, help="Performance benchmarks: figu
 app.add_typer(bench_app, name="bench")
 
 
-def fail(message: str) -> None:
-    """One line on stderr, exit status 2: bad input is never a traceback."""
+def fail(message: str, status: int = 2) -> None:
+    """One line on stderr and a non-zero exit, never a traceback: status 2 for bad input (a usage error), 1 for a
+    failure while working (a disk that fills, a file that vanished)."""
     first = message.strip().splitlines()[0] if message.strip() else "failed"
-    typer.echo(f"smc-bench: error: {first}", err=True)
-    sys.exit(2)
+    typer.echo(f"smc-bench: {'error' if status == 2 else 'failed'}: {first}", err=True)
+    sys.exit(status)
 
 
 @app.command()
@@ -203,7 +204,7 @@ def _run(task: str, method: str, sparsity: str, model: str | None, data_dir: str
     method_settings(method, settings_given, "method settings", strict=True)  # checked before any work
     spec, train_config = resolve(
         TaskSpec(task, model, data_dir, seed=seed, fold=fold, options=parse_options(option), **data),
-        {**train_given, "seed": seed},
+        train_given,
     )
     migrate(out, typer.echo)
     records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config,
@@ -218,11 +219,14 @@ def _run(task: str, method: str, sparsity: str, model: str | None, data_dir: str
                    f"{metric.value(r):>12.4f} {chance:>7} {r['train_s']:>8.1f}  {r['dir']}")
 
 
+STARTUP_ERRORS: list[str] = []
+
+
 def _register_run() -> None:
     """`smc-bench run`: its options follow from the settings schemas (task data, training, every method's
     settings), so a new setting is a new option without touching this file."""
     from smcbench.methods import METHODS
-    from smcbench.tasks.registry import DataSettings
+    from smcbench.tasks.registry import FAMILY_MODELS, DataSettings, known_tasks
     from smcbench.training import TrainConfig
 
     def opt(name, default, annotation, help_text, *flags):
@@ -232,16 +236,11 @@ def _register_run() -> None:
     methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
     fixed = [
         inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                          default=typer.Argument(..., help="family/dataset: commonsense/csqa, "
-                                                 "commonsense/winogrande, commonsense/race-m, arithmetic/mawps, "
-                                                 "arithmetic/svamp, protein/hp-s2c2, protein/meltome, translation/2-2, "
-                                                 "...")),
+                          default=typer.Argument(..., help="family/dataset: " + ", ".join(known_tasks()))),
         opt("method", "dense", str, f"The method. {methods}."),
         opt("sparsity", "grid", str, "Levels: 0.2,0.488 or grid (1-0.8^k, k=1..10) or grid:K."),
-        opt("model", None, str | None, "Commonsense: minilm (default, offline), roberta-base, roberta-large, hub id "
-            "or folder. Arithmetic: gts (default) or graph2tree, optionally :<embedder> (minilm, roberta-base, "
-            "random, hub id or folder). Protein: esm-tiny (default, pretrained here), an ESM or TAPE folder or "
-            "hub id. Translation: mbart-tiny (default, pretrained here), an mBART hub id or folder."),
+        opt("model", None, str | None, "; ".join(f"{family}: {text}" for family, text in FAMILY_MODELS.items())
+            + "."),
         opt("data_dir", None, str | None, "Folder holding commonsense/, arithmetic/, protein/, translation/; default: "
             "$SMCBENCH_DATA or ../shared/data."),
         opt("fold", None, int | None, "Cross-validation fold (MAWPS, ASDiv-A: 0-4; HotProtein: 0-9; "
@@ -261,8 +260,13 @@ def _register_run() -> None:
     generated = [*DataSettings.cli_parameters(skip=frozenset({"options"})), *TrainConfig.cli_parameters()]
     seen = {p.name for p in fixed} | {p.name for p in generated}
     for name, schema in _method_setting_fields().items():
-        if name in seen:
-            raise RuntimeError(f"method setting {name!r} collides with another `run` option")
+        if name in seen:  # said by main() as one error line (an import-time exception would be a traceback)
+            from smcbench.methods.base import origin
+
+            owners = [m.name for m in METHODS.values() if name in m.settings.user_fields()]
+            STARTUP_ERRORS.append(f"setting {name!r} of method {owners[0]!r} ({origin(schema)}) is already an "
+                                  f"option of `smc-bench run` (task data, training or the run itself): rename it")
+            continue
         [param] = [p for p in schema.cli_parameters() if p.name == name]
         seen.add(name)
         generated.append(param)
@@ -275,7 +279,8 @@ _register_run()
 
 @app.command()
 def grid(
-    spec: str = typer.Argument(..., help="A YAML spec file, or a preset: demo, paper."),
+    spec: str = typer.Argument(..., help="A YAML spec file, or a preset: " + ", ".join(
+        sorted(p.stem for p in (Path(__file__).parent / "runner" / "presets").glob("*.yaml"))) + "."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the plan; run nothing."),
     workers: int = typer.Option(1, min=1, help="Local worker processes (cores are split between them)."),
     executor: str = typer.Option("local", help="local, or ray (pip install 'smc-bench[ray]')."),
@@ -289,6 +294,8 @@ def grid(
                                             "all, or none (default: the spec's keep_weights, else needed)."),
     log: str | None = typer.Option(None, help="Also send each finished run to an experiment tracker: mlflow or "
                                    "wandb (default: the spec's log, else none)."),
+    part: list[str] | None = typer.Option(None, help="A spec that includes others (paper-all): run only this "
+                                          "part (repeatable), e.g. --part protein."),
 ) -> None:
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
     from smcbench.runner.grid import drop_all_weights, expand, run_local, run_ray
@@ -302,15 +309,26 @@ def grid(
     if executor not in ("local", "ray"):
         fail(f"--executor: unknown executor {executor!r}: choose local or ray")
     grid_spec = load_spec(spec)
-    if data_dir:
-        grid_spec = grid_spec.model_copy(update={"data_dir": data_dir})
-    policy = keep_weights or grid_spec.keep_weights
-    check_keep_weights(policy, "--keep-weights")
+    if part and not grid_spec.include:
+        fail(f"--part: {grid_spec.name} includes no other specs (paper-all does)")
+    if keep_weights is not None:
+        check_keep_weights(keep_weights, "--keep-weights")
     check_tracker(log, "--log")
-    migrate(out or Path(grid_spec.out), typer.echo)  # older runs are found where they now belong
-    nodes = expand(grid_spec, out, policy, log)
+    parts = grid_spec.included(part)
+    plans = []
+    for name, one in parts:  # each part with its own out and retention, unless the command line says otherwise
+        if data_dir:
+            one = one.model_copy(update={"data_dir": data_dir})
+        migrate(out or Path(one.out), typer.echo)  # older runs are found where they now belong
+        label = f"{name} ({one.name})" if grid_spec.include else name
+        plans.append((label, expand(one, out, keep_weights or one.keep_weights, log), keep_weights or one.keep_weights))
+    nodes = [n for _, part_nodes, _ in plans for n in part_nodes]
+    policy = keep_weights or grid_spec.keep_weights
     if dry_run:
-        print_plan(grid_spec.name, nodes, policy)
+        for name, part_nodes, part_policy in plans:
+            print_plan(name, part_nodes, part_policy)
+        if len(plans) > 1:
+            print_total(grid_spec.name, plans)
         return
     if executor == "ray":
         status = run_ray(nodes, address, cpus_per_run, gpus_per_run, print_progress)
@@ -327,6 +345,18 @@ def grid(
             typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
     if failed:
         sys.exit(1)
+
+
+def print_total(name: str, plans: list) -> None:
+    """The dry run of a spec that includes others: the totals over its parts."""
+    from smcbench.runner.disk import estimate, human
+
+    runs = sum(len(nodes) for _, nodes, _ in plans)
+    done = sum(n.done() for _, nodes, _ in plans for n in nodes)
+    disk = sum(d.total for _, nodes, policy in plans for d in estimate(nodes, policy).values())
+    everything = sum(d.total for _, nodes, _ in plans for d in estimate(nodes, "all").values())
+    typer.echo(f"{name}, all {len(plans)} parts: {runs} runs, {done} done, {runs - done} to run; disk "
+               f"≈ {human(disk)} (every run keeping its weights: ≈ {human(everything)})")
 
 
 def print_plan(name: str, nodes: list, policy: str) -> None:
@@ -452,22 +482,7 @@ def bench_threshold(
     if unknown:
         fail(f"--methods: unknown method(s) {unknown}: choose from {', '.join(threshold.METHODS)}")
     out = threshold.run(chosen, layers, hidden, vocab)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"global magnitude pruning to 50 % of {out['params']:,} fp32 weights (each method in its own process)")
-    for key, label in [("engine", "smc-bench engine"), ("torch_prune", "torch prune.global_unstructured"),
-                       ("concat_topk", "torch.cat + topk (official)")]:
-        if f"{key}_s" in out:
-            typer.echo(f"  {label:<32} {out[f'{key}_s']:8.2f} s  {out[f'{key}_extra_mb']:8.0f} MB extra")
-    for key, label in [("floor_s", "floor: |w| of every weight"), ("read_only_s", "plain read of every weight")]:
-        if key in out:
-            typer.echo(f"  {label:<32} {out[key]:8.2f} s")
-    if "engine_s" in out:
-        typer.echo(f"  engine exact count: {out['engine_exact']}")
-        for key in ("floor_s", "read_only_s", "torch_prune_s", "concat_topk_s"):
-            if key in out:
-                typer.echo(f"  engine / {key[:-2]}: {out['engine_s'] / out[key]:.2f}x")
+    typer.echo(json.dumps(out) if as_json else threshold.render(out))
 
 
 @bench_app.command("overhead")
@@ -482,14 +497,7 @@ def bench_overhead(
 
     check_level("--sparsity", sparsity)
     out = overhead.run(model, steps=steps, sparsity=sparsity)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"training step, {model}, 8 x 5 x 64 tokens, fused AdamW, median of {steps} interleaved steps")
-    typer.echo(f"  dense   {out['dense_step_s']:.3f} s")
-    typer.echo(f"  masked  {out['masked_step_s']:.3f} s  (sparsity {out['sparsity']:.3f}, "
-               f"pruned weights nonzero after training: {out['pruned_weights_nonzero']})")
-    typer.echo(f"  ratio   {out['ratio']:.3f}x")
+    typer.echo(json.dumps(out) if as_json else overhead.render(out, model, steps))
 
 
 @bench_app.command("loop")
@@ -507,27 +515,10 @@ def bench_loop(
 
     if profile:
         prof = loop.profile(batch_size=batch_size, max_length=max_length, data_dir=data_dir)
-        if as_json:
-            typer.echo(json.dumps(prof))
-            return
-        typer.echo(f"our loop, MiniLM on CSQA at 50 % sparsity, batch {batch_size}: {prof['step_ms']:.0f} ms a step")
-        for name, ms in prof["phases_ms"].items():
-            typer.echo(f"  {name:<20} {ms:7.1f} ms  {ms / prof['step_ms']:6.1%}")
-        typer.echo("  heaviest operators (self time):")
-        for name, ms in prof["top_ops_self_ms"].items():
-            typer.echo(f"    {name:<36} {ms:7.1f} ms")
+        typer.echo(json.dumps(prof) if as_json else loop.render_profile(prof, batch_size))
         return
-
     out = loop.run(train_size, eval_size, batch_size, max_length=max_length, data_dir=data_dir)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"MiniLM on the first {train_size} CSQA questions, batch {batch_size}, 1 epoch, max length {max_length}")
-    for side in ("trainer", "ours"):
-        r = out[side]
-        typer.echo(f"  {side:<8} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
-                   f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions")
-    typer.echo(f"  speed-up {out['speedup']:.2f}x")
+    typer.echo(json.dumps(out) if as_json else loop.render(out, train_size, eval_size, batch_size, max_length))
 
 
 @bench_app.command("arithmetic")
@@ -551,16 +542,7 @@ def bench_arithmetic(
         fail(f"--lr: must be > 0 (got {lr})")
     out = arithmetic.run(task, fold, model, epochs, batch_size, lr, data_dir, official, official_python,
                          official_dataset)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"{model} on {task} fold {fold}, batch {batch_size}, lr {lr}: per epoch")
-    for side in ("official", "ours"):
-        for r in out.get(side, []):
-            typer.echo(f"  {side:<8} epoch {r['epoch']}: train {r['train_s']:7.1f} s  eval {r['eval_s']:6.1f} s  "
-                       f"value accuracy {r['accuracy']:.3f}")
-    if "train_speedup" in out:
-        typer.echo(f"  speed-up: training {out['train_speedup']:.2f}x, evaluation {out['eval_speedup']:.2f}x")
+    typer.echo(json.dumps(out) if as_json else arithmetic.render(out, task, fold, model, batch_size, lr))
 
 
 @bench_app.command("protein")
@@ -579,18 +561,7 @@ def bench_protein(
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     out = protein.run(chosen, fold, epochs, batch_size, max_residues, data_dir)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), each model in its own process")
-    for r in out:
-        typer.echo(f"  {r['model']:<16} {r['params'] / 1e6:6.2f}M params  {r['seconds_per_epoch']:7.1f} s/epoch "
-                   f"({r['train_examples']} sequences, longest {r['longest_tokens']} tokens, padding "
-                   f"{r['padding_fraction']:.1%} vs {r['padding_fraction_without_bucketing']:.1%} unbucketed)  eval "
-                   f"{r['eval_s']:5.1f} s  peak {r['peak_rss_mb']:6.0f} MB  accuracy {r['accuracy']:.3f}")
-    if len(out) > 1:
-        typer.echo(f"  {out[1]['model']} / {out[0]['model']}: "
-                   f"{out[1]['seconds_per_epoch'] / out[0]['seconds_per_epoch']:.2f}x the time per epoch")
+    typer.echo(json.dumps(out) if as_json else protein.render(out, fold, batch_size, epochs))
 
 
 @bench_app.command("translation")
@@ -610,22 +581,7 @@ def bench_translation(
     from smcbench.bench import translation
 
     out = translation.run(model, data_dir, steps, batch_size, train_size, eval_size, max_length, beam)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    hf, ours = out
-    typer.echo(f"translation/2-2 with {model}: {steps} updates of {batch_size} pairs, then {hf['eval_sentences']} "
-               f"FLORES-200 sentences (Fr-En, En-Fr), beam {beam}; each side in its own process, and both generation "
-               "loops timed on each side's trained model (same weights, same work)")
-    for r in out:
-        evals = "; ".join(f"{loop} {e['eval_sentences_per_s']:5.2f} sentences/s ({e['eval_s']:5.1f} s, BLEU "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in e["bleu"].items()) + ")"
-                          for loop, e in r["eval"].items())
-        typer.echo(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s), peak "
-                   f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")
-    eval_ratios = [r["eval"]["ours"]["eval_sentences_per_s"] / r["eval"]["plain"]["eval_sentences_per_s"] for r in out]
-    typer.echo(f"  ours / plain Hugging Face: training {ours['train_tokens_per_s'] / hf['train_tokens_per_s']:.2f}x, "
-               f"evaluation {eval_ratios[0]:.2f}x and {eval_ratios[1]:.2f}x (on the hf- and our-trained model)")
+    typer.echo(json.dumps(out) if as_json else translation.render(out, model, steps, batch_size, beam))
 
 
 @bench_app.command("second-order")
@@ -642,26 +598,21 @@ def bench_second_order(
     from smcbench.bench import second_order
 
     obert, layerwise = second_order.run(model, gradients, block, calibration_batches, batch_size, length)
-    if as_json:
-        typer.echo(json.dumps([obert, layerwise]))
-        return
-    fisher_s = obert["woodbury_s"] + obert["mask_s"] + obert["obs_update_s"]
-    typer.echo(f"{model}, encoder Linear weights ({obert['weights'] / 1e6:.2f}M), batches of {batch_size} questions x "
-               f"5 choices x {length} tokens; each part in its own process")
-    typer.echo(f"  oBERT, m = {gradients} gradients, B = {block}: gradients {obert['gradient_s']:.1f} s, Fisher work "
-               f"{fisher_s:.1f} s (Woodbury {obert['woodbury_s']:.1f}, mask {obert['mask_s']:.1f}, OBS update "
-               f"{obert['obs_update_s']:.1f}) = {fisher_s / obert['gradient_s']:.2f}x the gradients")
-    roberta_gb = obert["roberta_large_weights"] * block * 4 / 2**30
-    typer.echo(f"  oBERT memory: inverses {obert['inverse_mb']:.0f} MB (d·B floats), process peak "
-               f"{obert['peak_rss_mb']:.0f} MB; RoBERTa-large's encoder ({obert['roberta_large_weights'] / 1e6:.0f}M "
-               f"weights) at B = {block}: {roberta_gb:.1f} GB (B = 8: {roberta_gb * 8 / block:.1f} GB)")
-    mag = layerwise["magnitude"]["total_s"]
-    for name in ("sparsegpt", "wanda"):
-        r = layerwise[name]
-        typer.echo(f"  {name:<9} {r['total_s']:6.1f} s for {r['layers']} layers with "
-                   f"{layerwise['calibration_examples']} calibration questions (solve {r['solve_s_per_layer']:.2f} s "
-                   f"per layer, at most {r['solve_s_max']:.2f})  = {r['total_s'] / mag:.0f}x global magnitude "
-                   f"({mag:.2f} s)")
+    typer.echo(json.dumps([obert, layerwise]) if as_json else
+               second_order.render(obert, layerwise, model, gradients, block, batch_size, length))
+
+
+@bench_app.command("optimizer")
+def bench_optimizer(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
+    steps: int = typer.Option(10, min=1, help="Timed steps of each (after 2 warm-up steps)."),
+) -> None:
+    """AdamW's step: fused (the loop's) against foreach and per-tensor, the same parameters and gradients."""
+    from smcbench.bench import optimizer
+
+    out = optimizer.run(model, steps)
+    typer.echo(json.dumps(out) if as_json else optimizer.render(out))
 
 
 @bench_app.command("report")
@@ -673,34 +624,33 @@ def bench_report(
     from smcbench.bench import report as report_bench
 
     out = report_bench.run(rows)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"report over a synthetic results database: {out['rows']:,} runs ({out['tasks']} tasks x "
-               f"{out['methods']} methods x 10 levels x seeds, dense included)")
-    typer.echo(f"  write rows   {out['write_s']:7.2f} s (one transaction per run, as the runner does)")
-    typer.echo(f"  read rows    {out['read_s']:7.2f} s")
-    typer.echo(f"  report       {out['report_s']:7.2f} s  ({out['figures']} figures, report.html "
-               f"{out['html_mb']:.1f} MB)")
-    typer.echo(f"  per 1,000 runs: {out['report_s'] / out['rows'] * 1000:.2f} s")
+    typer.echo(json.dumps(out) if as_json else report_bench.render(out))
+
+
+def _click_exception() -> type[Exception]:
+    """Click's base exception through typer's public API: typer.BadParameter derives from it whether typer uses
+    click or (typer >= 0.20) its own copy of it, so no private module is imported."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main() -> None:
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from smcbench.methods import PLUGIN_CLASH
 
+    if PLUGIN_CLASH or STARTUP_ERRORS:
+        fail((PLUGIN_CLASH or STARTUP_ERRORS)[0])
     try:
         app(standalone_mode=False)  # usage errors come back here, to be said in one line
-    except NoArgsIsHelpError as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except ClickException as err:  # a bad option value, a missing argument, an unknown option
+    except _click_exception() as err:  # a bad option value, a missing argument, an unknown option
+        if type(err).__name__ == "NoArgsIsHelpError":  # `smc-bench` alone: the help, as click would show it
+            err.show()
+            sys.exit(err.exit_code)
         fail(err.format_message())
     except (KeyboardInterrupt, EOFError):
         sys.exit(130)
     except SmcBenchError as err:
         fail(str(err))
-    except OSError as err:  # unreadable input, unwritable output
-        fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err))
+    except OSError as err:  # the system failed mid-work (disk full, a file gone): not a usage error
+        fail(f"{err.strerror or err} ({err.filename})" if err.filename else str(err), status=1)
 
 
 if __name__ == "__main__":

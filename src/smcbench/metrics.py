@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+LEGACY_TOLERANCE = 0.01  # the single-seed tolerance every record had before metrics declared their own
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -18,8 +20,21 @@ class Metric:
     # names in a record's metrics.
     breakdown: tuple[str, ...] = ()
     # The absolute difference from dense that counts as a failure when a single dense seed gives no spread to use,
-    # in the metric's own units (accuracy: 0.01, one point; BLEU: its own scale).
-    tolerance: float = 0.01
+    # in the metric's own units (accuracy: 0.01, one point; BLEU: its own scale). None: the task declares none, and
+    # the single-seed rule says so instead of assuming one.
+    tolerance: float | None = None
+    # Secondary metrics for which lower is better (every other one: higher), as lm-evaluation-harness declares a
+    # direction per metric.
+    secondary_lower_is_better: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        stray = set(self.secondary_lower_is_better) - set(self.secondary)
+        if stray:
+            raise ValueError(f"metric {self.name}: {sorted(stray)} are not among its secondary metrics")
+
+    def higher_is_better_for(self, name: str) -> bool:
+        """The direction of the primary metric or of a secondary one."""
+        return self.higher_is_better if name == self.name else name not in self.secondary_lower_is_better
 
     def better(self, a: float, b: float) -> bool:
         """Is `a` strictly better than `b`?"""
@@ -30,7 +45,8 @@ class Metric:
         return value < reference - tolerance if self.higher_is_better else value > reference + tolerance
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "secondary": list(self.secondary), "breakdown": list(self.breakdown)}
+        return {**asdict(self), "secondary": list(self.secondary), "breakdown": list(self.breakdown),
+                "secondary_lower_is_better": list(self.secondary_lower_is_better)}
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Metric:
@@ -38,10 +54,12 @@ class Metric:
         records with the chance level among their metrics."""
         declared = record.get("metric")
         if isinstance(declared, dict):
+            # Records written before a metric declared its tolerance were judged with 0.01: they keep it.
             return cls(declared["name"], declared["higher_is_better"], declared.get("chance"),
                        tuple(declared.get("secondary", ())), tuple(declared.get("breakdown", ())),
-                       declared.get("tolerance", cls.tolerance))
-        return cls("accuracy", True, record.get("metrics", {}).get("chance"))
+                       declared.get("tolerance", LEGACY_TOLERANCE),
+                       tuple(declared.get("secondary_lower_is_better", ())))
+        return cls("accuracy", True, record.get("metrics", {}).get("chance"), tolerance=LEGACY_TOLERANCE)
 
     def value(self, record: dict[str, Any]) -> float:
         return float(record["metrics"][self.name])

@@ -24,6 +24,7 @@ PUBLISHED_PARAMETERS = {
     "FacebookAI/roberta-large": 355_000_000,
     "facebook/mbart-large-cc25": 610_000_000,
     "facebook/esm1b_t33_650M_UR50S": 650_000_000,
+    "tape": 38_000_000,  # TAPE's transformer (Rao et al. 2019), the folder `smc-bench convert-tape` writes
 }
 
 

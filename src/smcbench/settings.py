@@ -79,6 +79,11 @@ class Settings(BaseModel):
         except SettingsError as err:
             raise SettingsError(where, err.field, err.problem) from err
 
+    def uses_dense(self) -> bool:
+        """Whether these settings make a run read the dense fine-tune of its configuration (e.g. distillation's
+        teacher), whatever its method; a group that does says so by overriding this."""
+        return False
+
     def identity(self) -> dict[str, Any]:
         """The fields that differ from their defaults, as JSON values: part of a run's id."""
         return self.model_dump(mode="json", exclude_defaults=True)

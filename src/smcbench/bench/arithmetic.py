@@ -102,3 +102,14 @@ def run(task: str = "arithmetic/mawps", fold: int = 0, model: str = "gts:random"
         result["train_speedup"] = mean(result["official"], "train_s") / mean(result["ours"], "train_s")
         result["eval_speedup"] = mean(result["official"], "eval_s") / mean(result["ours"], "eval_s")
     return result
+
+
+def render(out: dict, task: str, fold: int, model: str, batch_size: int, lr: float) -> str:
+    lines = [f"{model} on {task} fold {fold}, batch {batch_size}, lr {lr}: per epoch"]
+    for side in ("official", "ours"):
+        for r in out.get(side, []):
+            lines.append(f"  {side:<8} epoch {r['epoch']}: train {r['train_s']:7.1f} s  eval {r['eval_s']:6.1f} s  "
+                         f"value accuracy {r['accuracy']:.3f}")
+    if "train_speedup" in out:
+        lines.append(f"  speed-up: training {out['train_speedup']:.2f}x, evaluation {out['eval_speedup']:.2f}x")
+    return "\n".join(lines)

@@ -124,3 +124,23 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render_profile(prof: dict, batch_size: int) -> str:
+    lines = [f"our loop, MiniLM on CSQA at 50 % sparsity, batch {batch_size}: {prof['step_ms']:.0f} ms a step"]
+    for name, ms in prof["phases_ms"].items():
+        lines.append(f"  {name:<20} {ms:7.1f} ms  {ms / prof['step_ms']:6.1%}")
+    lines.append("  heaviest operators (self time):")
+    for name, ms in prof["top_ops_self_ms"].items():
+        lines.append(f"    {name:<36} {ms:7.1f} ms")
+    return "\n".join(lines)
+
+
+def render(out: dict, train_size: int, eval_size: int, batch_size: int, max_length: int) -> str:
+    lines = [f"MiniLM on the first {train_size} CSQA questions, batch {batch_size}, 1 epoch, max length {max_length}"]
+    for side in ("trainer", "ours"):
+        r = out[side]
+        lines.append(f"  {side:<8} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
+                     f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions")
+    lines.append(f"  speed-up {out['speedup']:.2f}x")
+    return "\n".join(lines)

@@ -75,3 +75,13 @@ def run(model: str = "minilm", steps: int = 10, warmup: int = 2, sparsity: float
         "sparsity": sparsifier.sparsity(),
         "pruned_weights_nonzero": pruned_nonzero,
     }
+
+
+def render(out: dict, model: str, steps: int) -> str:
+    return "\n".join([
+        f"training step, {model}, 8 x 5 x 64 tokens, fused AdamW, median of {steps} interleaved steps",
+        f"  dense   {out['dense_step_s']:.3f} s",
+        f"  masked  {out['masked_step_s']:.3f} s  (sparsity {out['sparsity']:.3f}, "
+        f"pruned weights nonzero after training: {out['pruned_weights_nonzero']})",
+        f"  ratio   {out['ratio']:.3f}x",
+    ])

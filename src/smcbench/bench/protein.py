@@ -89,3 +89,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(out: list[dict], fold: int, batch_size: int, epochs: int) -> str:
+    lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), each model in its own process"]
+    for r in out:
+        lines.append(f"  {r['model']:<16} {r['params'] / 1e6:6.2f}M params  {r['seconds_per_epoch']:7.1f} s/epoch "
+                     f"({r['train_examples']} sequences, longest {r['longest_tokens']} tokens, padding "
+                     f"{r['padding_fraction']:.1%} vs {r['padding_fraction_without_bucketing']:.1%} unbucketed)  eval "
+                     f"{r['eval_s']:5.1f} s  peak {r['peak_rss_mb']:6.0f} MB  accuracy {r['accuracy']:.3f}")
+    if len(out) > 1:
+        lines.append(f"  {out[1]['model']} / {out[0]['model']}: "
+                     f"{out[1]['seconds_per_epoch'] / out[0]['seconds_per_epoch']:.2f}x the time per epoch")
+    return "\n".join(lines)

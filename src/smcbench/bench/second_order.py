@@ -127,3 +127,25 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(obert: dict, layerwise: dict, model: str, gradients: int, block: int, batch_size: int,
+           length: int) -> str:
+    fisher_s = obert["woodbury_s"] + obert["mask_s"] + obert["obs_update_s"]
+    lines = [f"{model}, encoder Linear weights ({obert['weights'] / 1e6:.2f}M), batches of {batch_size} questions x "
+             f"5 choices x {length} tokens; each part in its own process",
+             f"  oBERT, m = {gradients} gradients, B = {block}: gradients {obert['gradient_s']:.1f} s, Fisher work "
+             f"{fisher_s:.1f} s (Woodbury {obert['woodbury_s']:.1f}, mask {obert['mask_s']:.1f}, OBS update "
+             f"{obert['obs_update_s']:.1f}) = {fisher_s / obert['gradient_s']:.2f}x the gradients"]
+    roberta_gb = obert["roberta_large_weights"] * block * 4 / 2**30
+    lines.append(f"  oBERT memory: inverses {obert['inverse_mb']:.0f} MB (d·B floats), process peak "
+                 f"{obert['peak_rss_mb']:.0f} MB; RoBERTa-large's encoder ({obert['roberta_large_weights'] / 1e6:.0f}M "
+                 f"weights) at B = {block}: {roberta_gb:.1f} GB (B = 8: {roberta_gb * 8 / block:.1f} GB)")
+    mag = layerwise["magnitude"]["total_s"]
+    for name in ("sparsegpt", "wanda"):
+        r = layerwise[name]
+        lines.append(f"  {name:<9} {r['total_s']:6.1f} s for {r['layers']} layers with "
+                     f"{layerwise['calibration_examples']} calibration questions (solve {r['solve_s_per_layer']:.2f} s "
+                     f"per layer, at most {r['solve_s_max']:.2f})  = {r['total_s'] / mag:.0f}x global magnitude "
+                     f"({mag:.2f} s)")
+    return "\n".join(lines)

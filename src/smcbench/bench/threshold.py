@@ -130,3 +130,21 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(out: dict) -> str:
+    """The benchmark's lines: each method's time and extra memory, the engine against the others."""
+    lines = [f"global magnitude pruning to 50 % of {out['params']:,} fp32 weights (each method in its own process)"]
+    for key, label in [("engine", "smc-bench engine"), ("torch_prune", "torch prune.global_unstructured"),
+                       ("concat_topk", "torch.cat + topk (official)")]:
+        if f"{key}_s" in out:
+            lines.append(f"  {label:<32} {out[f'{key}_s']:8.2f} s  {out[f'{key}_extra_mb']:8.0f} MB extra")
+    for key, label in [("floor_s", "floor: |w| of every weight"), ("read_only_s", "plain read of every weight")]:
+        if key in out:
+            lines.append(f"  {label:<32} {out[key]:8.2f} s")
+    if "engine_s" in out:
+        lines.append(f"  engine exact count: {out['engine_exact']}")
+        for key in ("floor_s", "read_only_s", "torch_prune_s", "concat_topk_s"):
+            if key in out:
+                lines.append(f"  engine / {key[:-2]}: {out['engine_s'] / out[key]:.2f}x")
+    return "\n".join(lines)

@@ -134,3 +134,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(out: list[dict], model: str, steps: int, batch_size: int, beam: int) -> str:
+    hf, ours = out
+    lines = [f"translation/2-2 with {model}: {steps} updates of {batch_size} pairs, then {hf['eval_sentences']} "
+             f"FLORES-200 sentences (Fr-En, En-Fr), beam {beam}; each side in its own process, and both generation "
+             "loops timed on each side's trained model (same weights, same work)"]
+    for r in out:
+        evals = "; ".join(f"{loop} {e['eval_sentences_per_s']:5.2f} sentences/s ({e['eval_s']:5.1f} s, BLEU "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in e["bleu"].items()) + ")"
+                          for loop, e in r["eval"].items())
+        lines.append(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s), peak "
+                     f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")
+    ratios = [r["eval"]["ours"]["eval_sentences_per_s"] / r["eval"]["plain"]["eval_sentences_per_s"] for r in out]
+    lines.append(f"  ours / plain Hugging Face: training {ours['train_tokens_per_s'] / hf['train_tokens_per_s']:.2f}x, "
+                 f"evaluation {ratios[0]:.2f}x and {ratios[1]:.2f}x (on the hf- and our-trained model)")
+    return "\n".join(lines)

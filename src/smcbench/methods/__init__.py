@@ -1,10 +1,13 @@
 """Methods: objects registered by name (`register_method`), each declaring what the runner needs and the schema of
-its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity callbacks for the training loop."""
+its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity callbacks for the training loop. Methods
+of other packages come in through the `smcbench.methods` entry-point group, loaded once the built-ins are."""
 
+from smcbench.errors import SmcBenchError
 from smcbench.methods import learned, obert, paper, posttraining, scratch  # noqa: F401  (register the methods)
 from smcbench.methods.base import (
     DENSE,
     METHODS,
+    PLUGIN_CLASH,
     Experiment,
     Method,
     NoSettings,
@@ -13,11 +16,17 @@ from smcbench.methods.base import (
     SparseSettings,
     get_method,
     is_sparse,
+    load_plugins,
     method_settings,
     register_method,
 )
 from smcbench.methods.callbacks import GradualPruning, MaskEnforcer, RigLUpdates
 
-__all__ = ["DENSE", "METHODS", "Experiment", "GradualPruning", "MaskEnforcer", "Method", "NoSettings", "Outcome",
-           "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_sparse", "method_settings",
-           "register_method"]
+try:
+    load_plugins()
+except SmcBenchError as err:  # a clash: said by the CLI as one line, raised by get_method for library use
+    PLUGIN_CLASH.append(str(err))
+
+__all__ = ["DENSE", "METHODS", "PLUGIN_CLASH", "Experiment", "GradualPruning", "MaskEnforcer", "Method",
+           "NoSettings", "Outcome", "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_sparse",
+           "load_plugins", "method_settings", "register_method"]

@@ -112,6 +112,14 @@ class Method(ABC):
     # does not depend on the level); the grid makes one node of all its levels.
     shares_levels: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    # Bumped when a change to the method (or a default of its settings) changes what its runs mean: a version
+    # other than 1 is part of the run's id (runner.identity), so older runs are never reused as newer ones.
+    version: ClassVar[int] = 1
+
+    def uses_dense(self, settings: Settings) -> bool:
+        """Whether a run with these settings reads the dense fine-tune (its start, or a setting's teacher): the
+        runner trains it first, the grid runs its node first."""
+        return self.needs_dense or settings.uses_dense()
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
         """The levels the method reaches for the requested ones with these settings (an error when one is out of
@@ -133,17 +141,70 @@ class Method(ABC):
 
 METHODS: dict[str, Method] = {}
 M = TypeVar("M", bound=type[Method])
+PLUGIN_GROUP = "smcbench.methods"  # entry points: modules that register methods (and scores) when imported
+PLUGIN_ERRORS: list[str] = []  # plugins that failed to import: reported once, the rest works
+PLUGIN_CLASH: list[str] = []  # a plugin whose method, score or setting clashes: every use of the registry refuses
+
+
+def origin(obj: Any) -> str:
+    """Where a class comes from, for an error line: its distribution (package) and module."""
+    module = getattr(obj, "__module__", "?")
+    try:
+        from importlib.metadata import packages_distributions
+
+        dists = packages_distributions().get(module.split(".")[0], [])
+    except Exception:  # metadata of broken installs must not hide the real error
+        dists = []
+    return f"{module} ({dists[0]})" if dists else module
 
 
 def register_method(cls: M) -> M:
-    """Class decorator: make the method available by its name to `smc-bench run`, grid specs and the report."""
+    """Class decorator: make the method available by its name to `smc-bench run`, grid specs and the report. A
+    name another method has, or a setting another method declares with another type (a setting is one CLI flag
+    whatever the method; defaults may differ), is an error naming both."""
     if getattr(cls, "name", None) in (None, ""):
         raise TypeError(f"{cls.__name__} needs a name")
+    known = METHODS.get(cls.name)
+    if known is not None and (type(known).__module__, type(known).__qualname__) != (cls.__module__, cls.__qualname__):
+        raise SmcBenchError(f"method {cls.name!r} of {origin(cls)} clashes with the method of that name in "
+                            f"{origin(type(known))}: rename one of them")
+    for other in METHODS.values():
+        if other.name == cls.name:
+            continue
+        for key, info in cls.settings.user_fields().items():
+            theirs = other.settings.user_fields().get(key)
+            if theirs is not None and theirs.annotation != info.annotation:
+                raise SmcBenchError(f"setting {key!r} of method {cls.name!r} ({origin(cls)}) differs from the "
+                                    f"setting of that name of method {other.name!r} ({origin(type(other))}); "
+                                    "a setting is one flag of `smc-bench run`: rename it (e.g. prefix it with "
+                                    "the method's name)")
     METHODS[cls.name] = cls()
     return cls
 
 
+def load_plugins() -> list[str]:
+    """Import every module registered under the `smcbench.methods` entry-point group (a package outside this
+    repository that adds methods and scores). One that fails to import is reported on stderr and skipped; a name
+    clash is an error. Returns the failures."""
+    import sys
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except SmcBenchError:
+            raise
+        except Exception as err:  # a broken plugin must not break every command
+            dist = entry.dist.name if entry.dist is not None else "?"
+            PLUGIN_ERRORS.append(f"plugin {entry.name!r} ({dist}, {entry.value}) failed to load and is skipped: "
+                                 f"{type(err).__name__}: {err}")
+            print(f"smc-bench: warning: {PLUGIN_ERRORS[-1]}", file=sys.stderr)
+    return PLUGIN_ERRORS
+
+
 def get_method(name: str) -> Method:
+    if PLUGIN_CLASH:
+        raise SmcBenchError(PLUGIN_CLASH[0])
     if name not in METHODS:
         raise SmcBenchError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
     return METHODS[name]

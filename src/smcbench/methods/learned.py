@@ -22,12 +22,13 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from smcbench.methods.base import Experiment, Method, Outcome, SparseSettings, register_method
 from smcbench.methods.callbacks import LearnedSparsityTraining
 from smcbench.methods.paper import retrain
+from smcbench.methods.recipe import recipe_callbacks
 from smcbench.sparsity import Sparsifier
 from smcbench.sparsity.allocation import Slot, allocate_uniform, prune_groups, target_count
 from smcbench.sparsity.learned import VD_THRESHOLD, L0Gates, LearnedSparsity, VariationalDropout, owners
@@ -41,6 +42,15 @@ class LearnedSettings(SparseSettings):
                                   "the penalty's weight rises linearly from 0.")
     finish_fraction: float = Field(0.1, gt=0, le=1, description="Learned sparsity: after ranking to the exact "
                                    "level, fine-tune with the mask fixed for this fraction of the schedule.")
+
+    @model_validator(mode="after")
+    def _no_rewinding(self) -> LearnedSettings:
+        # The learned phase has no pruning steps to rewind after and the finish is one short segment: lrr would be
+        # accepted and do nothing. (kd is applied, in both phases.)
+        if self.lrr:
+            raise ValueError("lrr: learned sparsity prunes at no step during training, so there is nothing to rewind; "
+                             "leave it off")
+        return self
 
 
 class VDSettings(LearnedSettings):
@@ -95,7 +105,9 @@ class LearnedSparsityMethod(Method):
         learner = self.learner(exp, model, {n: sp.params[n] for n in supported})
         callback = LearnedSparsityTraining(learner, getattr(st, self.penalty_field),
                                            math.floor(st.penalty_warmup * exp.total_steps), st.penalty_lr)
-        learned = exp.fine_tune(model, [callback], f"{self.name} learned phase")
+        # The recipe's distillation (kd) applies to the learned phase as to the finish (retrain adds it there).
+        recipe = recipe_callbacks(st, exp.dense_model, exp.outputs)
+        learned = exp.fine_tune(model, [callback, *recipe], f"{self.name} learned phase")
         reached = learner.reached_sparsity()
         scores = learner.scores()
         learner.fold()
@@ -112,6 +124,8 @@ class LearnedSparsityMethod(Method):
                               "learned_s": round(learned.seconds, 3), "learned_levels": len(sparsities)})
             if others:
                 out.notes["magnitude_pruned"] = others
+                out.notes["magnitude_pruned_fraction"] = (sum(sp.params[n].numel() for n in others)
+                                                          / sum(p.numel() for p in sp.params.values()))
             yield out
 
 
@@ -119,6 +133,7 @@ class LearnedSparsityMethod(Method):
 class SparseVD(LearnedSparsityMethod):
     name = "variational_dropout"
     settings = VDSettings
+    version = 2  # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused
     penalty_field = "vd_kl_weight"
     summary = "sparse variational dropout (Molchanov et al.) from θ0, ranked by log α, short fixed-mask finish"
 
@@ -130,6 +145,7 @@ class SparseVD(LearnedSparsityMethod):
 class L0(LearnedSparsityMethod):
     name = "l0"
     settings = L0Settings
+    version = 2  # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused
     penalty_field = "l0_lambda"
     summary = "L0 hard-concrete gates (Louizos et al.) from θ0, ranked by gate probability, short fixed-mask finish"
 

@@ -84,6 +84,7 @@ class OBertStep:
 class OBert(Method):
     name = "obert"
     settings = OBertSettings
+    version = 2  # 2: Fisher from masked gradients during gradual pruning, float64 OBS solve with a guard
     needs_dense = True
     summary = "second-order (block Fisher) saliency + OBS update, gradual from the dense fine-tune (Kurtic et al.)"
 
@@ -103,7 +104,7 @@ class OBert(Method):
                                                          st.gmp_start, st.gmp_end)
                 out = retrain(exp, model, sp, s, f"obert@{s:.3f}", [GradualPruning(sp, schedule, step=step)],
                               schedule.steps())
-                out.notes["pruning_steps"] = schedule.steps()
+                out.notes.update({"pruning_steps": schedule.steps(), **st.interval_notes(exp.total_steps)})
             out.notes.update({"fisher_gradients_s": round(step.gradient_s, 3), "fisher_work_s": round(step.fisher_s, 3),
                               "obs_unstable_blocks": step.unstable_blocks,
                               "fisher_memory_bytes": BlockFisherInverse.memory_bytes(

@@ -67,6 +67,13 @@ class IntervalSettings(Settings):
         run); short runs scale it: total/20 keeps ~14 pruning steps in the window, at least 1 update apart."""
         return self.interval or max(1, total_steps // 20)
 
+    def interval_notes(self, total_steps: int) -> dict:
+        """What the run used, for its result: the interval, and where it came from when it was not given."""
+        notes: dict = {"interval": self.interval_for(total_steps)}
+        if self.interval is None:
+            notes["interval_source"] = f"default: 1/20 of the run's {total_steps} updates"
+        return notes
+
 
 class GMPSettings(SparseSettings, IntervalSettings):
     gmp_start: float = Field(0.1, ge=0, le=1, description="GMP: fraction of training where pruning starts.")
@@ -276,7 +283,7 @@ class GMP(Method):
             schedule = GradualSchedule.over_training(s, exp.total_steps, st.interval_for(exp.total_steps),
                                                      st.gmp_start, st.gmp_end)
             out = retrain(exp, model, sp, s, f"gmp@{s:.3f}", [GradualPruning(sp, schedule)], schedule.steps())
-            out.notes["pruning_steps"] = schedule.steps()
+            out.notes.update({"pruning_steps": schedule.steps(), **st.interval_notes(exp.total_steps)})
             yield out
 
 
@@ -298,7 +305,7 @@ class OneShotBefore(Method):
                 extra = [RigLUpdates(sp, schedule)]
             out = retrain(exp, model, sp, s, f"{self.criterion.label}{'+rigl' if self.rigl else ''}@{s:.3f}", extra)
             if self.rigl:
-                out.notes["rigl_updates"] = extra[0].updates
+                out.notes.update({"rigl_updates": extra[0].updates, **st.interval_notes(exp.total_steps)})
             yield out
 
 

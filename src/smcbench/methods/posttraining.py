@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from functools import partial
 from itertools import islice
+from typing import Literal
 
 from pydantic import Field
 from torch import nn
@@ -33,6 +34,12 @@ class CalibrationSettings(Settings):
 
 
 class PostTrainingSettings(OneShotSettings, CalibrationSettings):
+    # The references prune the Linear layers of the transformer blocks only; under `all` most of a small model's
+    # selected weights are embeddings, which have no layer inputs to calibrate on and fall back to magnitude.
+    preset: Literal["all", "encoder", "esm"] = Field(
+        "encoder", description="Pruned tensors: encoder (default here: the blocks' Linear layers, as the reference "
+        "implementations; embeddings and heads dense), all (embeddings and heads too: those fall back to magnitude) "
+        "or esm.")
     retrain: bool = Field(False, description="Retrain with the full schedule after pruning (default: no, the "
                           "post-training setting).")
 
@@ -46,7 +53,9 @@ class SparseGPTSettings(PostTrainingSettings):
 
 class LayerwiseAfter(OneShotAfter):
     """Selected tensors that are not Linear weights (or never run) are pruned by magnitude at the same level, each
-    on its own, and listed in the run's notes (`magnitude_pruned`)."""
+    on its own, listed in the run's notes (`magnitude_pruned`) with their share of the selected weights
+    (`magnitude_pruned_fraction`, in the report). The default selection is `encoder`, which has none on a
+    transformer."""
 
     statistics = SquaredNorms
 
@@ -67,13 +76,16 @@ class LayerwiseAfter(OneShotAfter):
             else:
                 prune_groups(allocate_uniform(slots, sparsity), MagnitudeScore())
         sp.apply()
-        return sp, {"magnitude_pruned": rest} if rest else {}
+        total = sum(p.numel() for p in sp.params.values())
+        fallback = sum(sp.params[n].numel() for n in rest)
+        return sp, {"magnitude_pruned": rest, "magnitude_pruned_fraction": fallback / total if total else 0.0}
 
 
 @register_method
 class Wanda(LayerwiseAfter):
     name = "wanda"
     settings = PostTrainingSettings
+    version = 2  # 2: the encoder selection by default (1: all, embeddings by magnitude)
     summary = "|W|·‖X_j‖ per output row, each Linear layer at the level (Sun et al. 2023), on the dense fine-tune"
 
     def prune_layer(self, exp, sparsity, name, weight, mask, stats) -> None:
@@ -84,6 +96,7 @@ class Wanda(LayerwiseAfter):
 class SparseGPT(LayerwiseAfter):
     name = "sparsegpt"
     settings = SparseGPTSettings
+    version = 2  # 2: the encoder selection by default; dead inputs' weights zeroed first, as the reference
     statistics = Hessian
     summary = "layer-wise OBS reconstruction with adaptive masks (Frantar & Alistarh 2023), on the dense fine-tune"
 

@@ -35,6 +35,9 @@ class RecipeSettings(Settings):
     kd_temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
     kd_hardness: float = Field(1.0, ge=0, le=1, description="Distillation weight h: (1 − h)·task loss + h·T²·KL.")
 
+    def uses_dense(self) -> bool:
+        return self.kd  # the teacher is the dense fine-tune
+
 
 class LRRewinding(Callback):
     """Replays the schedule in every segment between pruning steps (`pruning_steps`: updates after which the

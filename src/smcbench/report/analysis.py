@@ -13,8 +13,7 @@ from torch import Tensor
 from smcbench.methods import is_sparse
 from smcbench.metrics import Metric
 
-ACCURACY = Metric("accuracy")
-DEFAULT_ABS_TOLERANCE = ACCURACY.tolerance  # one point of accuracy, when a single dense seed gives no spread
+ACCURACY = Metric("accuracy", tolerance=0.01)
 
 
 @dataclass(frozen=True)
@@ -37,16 +36,31 @@ def with_variants(records: Iterable[dict]) -> list[dict]:
     records = list(records)
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        by_method[r["method"]].append((r.get("config") or {}).get("settings") or {})
+        by_method[r["method"]].append(_identity_settings(r))
     varying = {m: sorted(k for k in {k for s in settings for k in s}
                          if len({repr(s.get(k)) for s in settings}) > 1) for m, settings in by_method.items()}
     out = []
     for r in records:
-        own = (r.get("config") or {}).get("settings") or {}
+        own = _identity_settings(r)
         # A setting left at its default is not recorded (run identity): the plain method name stands for it.
         shown = ", ".join(f"{k}={_setting_text(own[k])}" for k in varying[r["method"]] if own.get(k) is not None)
         out.append({**r, "variant": f"{r['method']} ({shown})" if shown else r["method"]})
     return out
+
+
+def _identity_settings(record: dict) -> dict:
+    """The method settings a run's id holds, and its method's version where it is not 1: runs of two versions of a
+    method are variants, never pooled."""
+    config = record.get("config") or {}
+    settings = dict(config.get("settings") or {})
+    if config.get("method_version", 1) != 1:
+        settings["version"] = config["method_version"]
+    return settings
+
+
+def task_versions(records: Iterable[dict]) -> list[int]:
+    """The versions of the task among these runs (records written before versions: 1)."""
+    return sorted({(r.get("config") or {}).get("task_version", 1) for r in records})
 
 
 def _setting_text(value: object) -> str:
@@ -84,12 +98,15 @@ def method_curves(records: Iterable[dict]) -> tuple[list[dict], dict[str, list[P
     return rows, by_method, dense
 
 
-def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float, str]:
+def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float | None, str]:
     """(dense mean, tolerance, how the tolerance was chosen). One dense seed: the metric's declared absolute
-    tolerance (accuracy 0.01; BLEU in BLEU points)."""
+    tolerance (accuracy 0.01; BLEU in BLEU points); None where the task declares none (no verdict then)."""
     [p] = points
     if p.seeds > 1:
         return p.mean, p.std, f"the dense runs' standard deviation over {p.seeds} seeds ({p.std:.4f})"
+    if metric.tolerance is None:
+        return p.mean, None, (f"none: one dense seed gives no spread and the task declares no tolerance for "
+                              f"{metric.name}, so no level is judged (run several seeds)")
     return p.mean, metric.tolerance, f"an absolute {metric.tolerance:g} (one dense seed: no spread to use)"
 
 

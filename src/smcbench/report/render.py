@@ -131,6 +131,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
     rows, by_method, dense = analysis.method_curves(rows)
     _data_notes(report, label, rows)
+    _method_notes(report, label, rows)
     _curves(report, label, slug, metric, by_method, dense)
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
@@ -148,6 +149,42 @@ def _data_notes(report: Report, label: str, rows: list[dict]) -> None:
     notes = list(dict.fromkeys(n for r in rows for n in (r.get("data") or {}).get("notes", [])))
     if notes:
         report.sections.append((f"About the data: {label}", "\n".join(notes)))
+
+
+def _method_notes(report: Report, label: str, rows: list[dict]) -> None:
+    """What a reader must know of how the runs were made, where it is not what they would assume: task versions
+    mixed in one group; per method variant its version, the pruned selection, the share of the selected weights a
+    layer-wise method had to prune by magnitude instead (tensors without layer inputs), and a pruning interval
+    left at its default."""
+    lines = []
+    versions = analysis.task_versions(rows)
+    if len(versions) > 1:
+        lines.append(f"Runs of task versions {', '.join(map(str, versions))} are mixed here: the task changed "
+                     "between them; compare runs of one version.\n")
+    table = []
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if is_sparse(r["method"], r["target_sparsity"]):
+            by_variant[r["variant"]].append(r)
+    for variant, runs in sorted(by_variant.items()):
+        notes = [r.get("notes") or {} for r in runs]
+        method_versions = sorted({(r.get("config") or {}).get("method_version", 1) for r in runs})
+        presets = sorted({(r.get("selection") or {}).get("preset", "?") for r in runs if r.get("selection")})
+        fallback = [n["magnitude_pruned_fraction"] for n in notes if "magnitude_pruned_fraction" in n]
+        intervals = sorted({n["interval"] for n in notes if "interval" in n and "interval_source" in n})
+        cells = [
+            ", ".join(map(str, method_versions)),
+            ", ".join(presets) or "-",
+            f"{statistics.fmean(fallback):.1%}" if fallback else "-",
+            (", ".join(map(str, intervals)) + " updates (default: 1/20 of the run)") if intervals else "-",
+        ]
+        if cells != ["1", cells[1], "-", "-"]:  # only what differs from a plain run
+            table.append(f"| {cell(variant)} | " + " | ".join(cells) + " |")
+    if table:
+        lines += ["| method | version | pruned tensors | pruned by magnitude instead | interval |",
+                  "|---|---|---|---|---|", *table]
+    if lines:
+        report.sections.append((f"How the methods ran: {label}", "\n".join(lines)))
 
 
 def _direction(metric: Metric) -> str:
@@ -193,11 +230,13 @@ def _table(by_method: dict[str, list[analysis.Point]]) -> str:
 
 
 def _secondary(report: Report, label: str, metric: Metric, rows: list[dict]) -> None:
-    """The task's secondary metrics (e.g. macro-F1, equation accuracy), one table each, dense included."""
+    """The task's secondary metrics (e.g. macro-F1, equation accuracy), one table each with its direction, dense
+    included."""
     for name in metric.secondary:
         by_method = analysis.curves(rows, name)
         if by_method:
-            report.sections.append((f"{name}: {label}", _table(by_method)))
+            direction = "higher is better" if metric.higher_is_better_for(name) else "lower is better"
+            report.sections.append((f"{name}: {label}", f"{direction}.\n\n" + _table(by_method)))
 
 
 def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], levels: list[float] | None) -> None:
@@ -232,6 +271,9 @@ def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], lev
 def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
              dense: list[analysis.Point]) -> None:
     mean, tol, how = analysis.dense_reference(dense, metric)
+    if tol is None:
+        report.sections.append((f"Failing sparsity: {label}", f"Tolerance: {how}."))
+        return
     lines = [f"Tolerance: {how}. A method fails at the first level whose {metric.name} is worse than dense by more "
              "than the tolerance.",
              "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]

@@ -79,17 +79,16 @@ def expand(spec: GridSpec, out: Path | None = None, keep_weights: str | None = N
 def _expand_part(spec: GridSpec, out: Path, keep: str, log: str | None) -> list[Node]:
     entries = [(get_method(name), {**spec.settings, **own}, own) for name, own in spec.method_entries()]
     # Fails before any run when a level is out of reach (per entry: a variant's settings may fix its level).
-    levels = [m.levels(spec.sparsities, method_settings(m.name, settings, f"method {m.name}"))
-              for m, settings, _ in entries]
-    needs_dense = [m.needs_dense or bool(settings.get("kd")) for m, settings, _ in entries]
+    built = [method_settings(m.name, settings, f"method {m.name}") for m, settings, _ in entries]
+    levels = [m.levels(spec.sparsities, st) for (m, _, _), st in zip(entries, built, strict=True)]
+    needs_dense = [m.uses_dense(st) for (m, _, _), st in zip(entries, built, strict=True)]
     overrides = spec.overrides()
     nodes: list[Node] = []
     for entry in spec.tasks:
         folds = entry.folds if entry.folds is not None else list(range(task_info(entry.task).folds)) or [None]
         data = entry.model_dump(exclude={"task", "folds"})
         for model, seed, fold in itertools.product(spec.models, spec.seeds, folds):
-            task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, seed=seed, fold=fold, **data),
-                                {**overrides, "seed": seed})
+            task, cfg = resolve(TaskSpec(entry.task, model, spec.data_dir, seed=seed, fold=fold, **data), overrides)
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
             dense = RunRequest(task, DENSE, [], cfg, {}, out, False, keep, log)
             dense_id = config_id(dense.dense_config())
@@ -151,15 +150,51 @@ def drop_all_weights(nodes: list[Node]) -> int:
     return drop_weights([p.parent for n in nodes for p in n.result_paths()])
 
 
+LOGS = "logs"  # OUT/logs/<node id>.log: a failed node's whole traceback
+
+
+def failure_log(request: RunRequest) -> Path:
+    """Where a failed grid node's whole traceback is kept (the grid prints its last line)."""
+    method = get_method(request.method)
+    config = request.dense_config() if not method.sparse else request.run_config(max(request.sparsities))
+    return request.out / LOGS / f"{config_id(config)}.log"
+
+
 def _run_node(request: RunRequest, threads: int) -> str:
+    """Run one node (in this process, a worker process or a Ray task); a failure's whole traceback goes to its
+    log before the exception goes on to the executor."""
+    import traceback
+
     import torch
 
     torch.set_num_threads(threads)
-    execute(request)
+    log = failure_log(request)
+    try:
+        execute(request)
+    except Exception:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        raise
+    log.unlink(missing_ok=True)  # an earlier failure of this node is history now
     return "ok"
 
 
+def _failure(err: BaseException, request: RunRequest) -> str:
+    """A node's status line: the error's last line (what went wrong), and where the whole traceback is."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[-1]}" if lines and not isinstance(err, SmcBenchError) else \
+        (lines[-1] if lines else type(err).__name__)
+    log = failure_log(request)
+    return f"failed: {text}" + (f" (traceback: {log})" if log.is_file() else "")
+
+
 Progress = Callable[[Node, str, float], None]
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_local(nodes: list[Node], workers: int = 1, progress: Progress | None = None) -> dict[str, str]:
@@ -175,10 +210,10 @@ def run_local(nodes: list[Node], workers: int = 1, progress: Progress | None = N
                 continue
             start = time.perf_counter()
             try:
-                execute(node.request)
+                _run_node(node.request, torch_threads())
                 status[node.id] = "ran"
-            except SmcBenchError as err:
-                status[node.id] = f"failed: {err}"
+            except Exception as err:  # any failure: reported with its log, the rest of the grid goes on
+                status[node.id] = _failure(err, node.request)
             if progress:
                 progress(node, status[node.id], time.perf_counter() - start)
         return status
@@ -205,7 +240,7 @@ def run_local(nodes: list[Node], workers: int = 1, progress: Progress | None = N
                     future.result()
                     status[node.id] = "ran"
                 except Exception as err:  # a worker's failure is reported, the rest of the grid goes on
-                    status[node.id] = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                    status[node.id] = _failure(err, node.request)
                 if progress:
                     progress(node, status[node.id], time.perf_counter() - started[node.id])
     return status
@@ -244,8 +279,7 @@ def run_ray(nodes: list[Node], address: str | None = None, cpus_per_run: float =
             except ray.exceptions.RayTaskError as err:
                 cause = err.cause if getattr(err, "cause", None) is not None else err
                 failed_dep = any(not status.get(d, "").startswith(("done", "ran")) for d in node.deps)
-                text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                status[node.id] = "skipped: a dependency failed" if failed_dep else f"failed: {text}"
+                status[node.id] = "skipped: a dependency failed" if failed_dep else _failure(cause, node.request)
             if progress:
                 progress(node, status[node.id], time.perf_counter() - start)  # time since the grid started
         return status

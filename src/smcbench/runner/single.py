@@ -40,7 +40,7 @@ from smcbench.sparsity import PAPER_GRID, read_masks
 from smcbench.sparsity.report import as_records, layer_sparsity, overall_sparsity, relative_change, weight_sparsity
 from smcbench.sparsity.selection import select_prunable
 from smcbench.tasks import TaskRun, TaskSpec, get_task
-from smcbench.tasks.registry import resolve_spec
+from smcbench.tasks.registry import resolve_spec, task_info
 from smcbench.training import Callback, TrainConfig, TrainResult, loss_value, train
 from smcbench.training.checkpoint import load_model_tensors, model_tensors, write_json
 
@@ -70,6 +70,9 @@ class RunRequest:
     log: str | None = None  # an experiment tracker each finished run is sent to (runner.tracking)
 
     def __post_init__(self) -> None:
+        # The seed lives in one place, the task spec: the training loop's copy always follows it.
+        if self.train.seed != self.spec.seed:
+            self.train = self.train.model_copy(update={"seed": self.spec.seed})
         if not isinstance(self.settings, Settings):  # the task's defaults (e.g. which tensors it prunes) under them
             self.settings = {**get_task(self.spec).method_defaults(), **self.settings}
         self.settings = method_settings(self.method, self.settings, "settings")
@@ -78,11 +81,13 @@ class RunRequest:
         check_tracker(self.log)
 
     def run_config(self, sparsity: float) -> dict:
-        return run_config(resolve_spec(self.spec).identity(), self.train, self.method, self.settings, sparsity)
+        return run_config(resolve_spec(self.spec).identity(), self.train, self.method, self.settings, sparsity,
+                          task_info(self.spec.task).version, get_method(self.method).version)
 
     def dense_config(self) -> dict:
         # The method's settings do not change the dense fine-tune.
-        return run_config(resolve_spec(self.spec).identity(), self.train, DENSE, NoSettings(), 0.0)
+        return run_config(resolve_spec(self.spec).identity(), self.train, DENSE, NoSettings(), 0.0,
+                          task_info(self.spec.task).version, get_method(DENSE).version)
 
 
 class LocalExperiment:
@@ -207,8 +212,10 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "target_sparsity": config["sparsity"],
         "achieved_sparsity": overall_sparsity(rows),
         "layers": as_records(rows),
+        "versions": {"task": task_info(request.spec.task).version, "method": get_method(config["method"]).version},
+        "selection": outcome.sparsifier.selection if outcome.sparsifier is not None else None,
         "model_source": exp.task.provenance(),
-        "data": exp.task.data_provenance(),
+        "data": exp.task.run_provenance(),
         "metric": exp.task.metric.to_dict(),
         "metrics": metrics,
         "weight_change": change,
@@ -235,9 +242,9 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
 
 def resolve(spec: TaskSpec, train_overrides: dict) -> tuple[TaskSpec, TrainConfig]:
     """The task spec with its defaults filled in, and the training config: the loop's defaults, under the task's
-    (e.g. GTS's learning rates and StepLR), under what the user set."""
+    (e.g. GTS's learning rates and StepLR), under what the user set; its seed is the spec's."""
     spec = resolve_spec(spec)
-    return spec, TrainConfig(**{**get_task(spec).train_defaults(), **train_overrides})
+    return spec, TrainConfig(**{**get_task(spec).train_defaults(), **train_overrides, "seed": spec.seed})
 
 
 WEIGHTS = "model.safetensors"
@@ -294,7 +301,7 @@ def execute(request: RunRequest) -> list[dict]:
     request.sparsities = method.levels(request.sparsities or list(PAPER_GRID), request.settings)
     done = {s: run_dir(request, request.run_config(s)) / "result.json" for s in request.sparsities}
     pending = [s for s in request.sparsities if not done[s].is_file()]
-    uses_dense = method.needs_dense or getattr(request.settings, "kd", False)
+    uses_dense = method.uses_dense(request.settings)
     if pending:
         exp = LocalExperiment(request, task)
         if uses_dense:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smcbench.errors import SmcBenchError
 from smcbench.methods import get_method, method_settings
@@ -31,10 +31,13 @@ class GridSpec(Strict):
     name: str = "grid"
     out: str = "runs"
     data_dir: str | None = None
-    tasks: list[TaskEntry] = Field(min_length=1)
+    tasks: list[TaskEntry] = Field(default_factory=list)
     models: list[str] = Field(default_factory=lambda: ["minilm"], min_length=1)
     # A method name, or {name: {setting: value}} for settings of that method alone.
-    methods: list[str | dict[str, dict[str, Any]]] = Field(min_length=1)
+    methods: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)
+    # A grid of grids: part name → another spec (a preset name or a file), each run with its own out, settings and
+    # parts; `smc-bench grid SPEC --part NAME` selects some. A spec has either `include` or its own tasks and methods.
+    include: dict[str, str] = Field(default_factory=dict)
     sparsities: list[float] | Literal["grid"] = "grid"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     # Training settings (training.TrainConfig's fields); a key left out takes the task's default, then the loop's.
@@ -48,6 +51,24 @@ class GridSpec(Strict):
     keep_weights: Literal["needed", "all", "none"] = "needed"
     # An experiment tracker every finished run is also sent to (runner.tracking): mlflow or wandb.
     log: Literal["mlflow", "wandb"] | None = None
+
+    @model_validator(mode="after")
+    def _grid_or_grids(self) -> GridSpec:
+        if self.include and (self.tasks or self.methods or self.also):
+            raise ValueError("include: a spec that includes other specs has no tasks, methods or also of its own")
+        if not self.include and not (self.tasks and self.methods):
+            raise ValueError("give tasks and methods (at least one each), or include other specs")
+        return self
+
+    def included(self, only: list[str] | None = None) -> list[tuple[str, GridSpec]]:
+        """The specs this one includes, by part name (`only`: these parts), each loaded and checked; a spec
+        without `include` is its own single part."""
+        if not self.include:
+            return [(self.name, self)]
+        unknown = sorted(set(only or ()) - set(self.include))
+        if unknown:
+            raise SmcBenchError(f"--part {unknown[0]!r}: {self.name} has the parts {', '.join(self.include)}")
+        return [(part, load_spec(ref)) for part, ref in self.include.items() if not only or part in only]
 
     def parts(self) -> list[GridSpec]:
         """This grid without `also`, then one grid per `also` entry (the fields it sets over this grid's)."""
@@ -111,6 +132,9 @@ class GridSpec(Strict):
         from smcbench.tasks import TaskSpec
         from smcbench.tasks.registry import resolve_spec
 
+        if self.include:
+            self.included()  # each is loaded, and so checked
+            return
         if self.also:
             for part in self.parts():
                 part.check()

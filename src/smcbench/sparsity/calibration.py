@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.sparsity.selection import weight_owners
 
 
 class InputStatistics(ABC):
@@ -66,15 +67,11 @@ class Hessian(InputStatistics):
 
 
 def linear_layers(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, nn.Linear]:
-    """The Linear layer owning each selected weight that belongs to one (a tied weight: its first owner). Only a
-    Linear layer defines the least-squares problem over its inputs that these methods solve."""
-    owners: dict[str, nn.Module] = {}
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        for name, p in params.items():
-            if weight is p and name not in owners:
-                owners[name] = module
-    return {n: m for n, m in owners.items() if isinstance(m, nn.Linear)}
+    """The Linear layer of each selected weight whose every owner is a Linear layer (sparsity.selection.
+    weight_owners; a weight shared by several Linear layers: the first). Only a Linear layer defines the
+    least-squares problem over its inputs that these methods solve; a weight tied to an embedding has none."""
+    return {n: ms[0] for n, ms in weight_owners(model, params).items()
+            if ms and all(isinstance(m, nn.Linear) for m in ms)}
 
 
 def input_groups(layers: dict[str, nn.Linear], forward: Callable[[Any], Any], batch: Any) -> list[list[str]]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smcbench.errors import SmcBenchError
+from smcbench.sparsity.selection import weight_owners
 
 # Molchanov et al. 2017, eq. 14: −KL ≈ k1·σ(k2 + k3·log α) − ½·log(1 + 1/α) − k1.
 KL_K1, KL_K2, KL_K3 = 0.63576, 1.87320, 1.48695
@@ -61,16 +62,8 @@ def owners(model: nn.Module, params: dict[str, nn.Parameter]) -> tuple[dict[str,
     """Every Linear or Embedding module using each selected weight (a tied weight: all of them, e.g. an embedding
     and the LM head), and the names of the weights some other module uses, or none does (recurrent, convolution
     weights: the hooks cannot reach the weight those modules use)."""
-    found: dict[str, list[nn.Module]] = {n: [] for n in params}
-    unsupported = set()
-    for module in model.modules():
-        for name, p in params.items():
-            if getattr(module, "weight", None) is p:
-                if isinstance(module, nn.Linear | nn.Embedding):
-                    found[name].append(module)
-                else:
-                    unsupported.add(name)
-    bad = [n for n in params if n in unsupported or not found[n]]
+    found = weight_owners(model, params)
+    bad = [n for n, ms in found.items() if not ms or not all(isinstance(m, nn.Linear | nn.Embedding) for m in ms)]
     return {n: ms for n, ms in found.items() if n not in bad}, bad
 
 

@@ -28,7 +28,13 @@ DEFAULT_SNIP_BATCHES = 8
 
 
 def register_score(name: str) -> Callable[[type[Score]], type[Score]]:
+    """Class decorator: a pruning score by name. A name another class already has is an error naming both."""
+
     def add(cls: type[Score]) -> type[Score]:
+        known = SCORES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise SmcBenchError(f"score {name!r} of {cls.__module__} clashes with the score of that name in "
+                                f"{known.__module__}: rename one of them")
         cls.name = name
         SCORES[name] = cls
         return cls

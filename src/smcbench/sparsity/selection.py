@@ -91,3 +91,17 @@ def select_prunable(
             "the model needs Linear, Embedding, Conv or recurrent weights matching the selection"
         )
     return selected
+
+
+def weight_owners(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, list[nn.Module]]:
+    """Every module whose `weight` is each selected tensor, in `model.modules()` order: one for most, several for
+    a tied weight (an embedding and the LM head), none for a tensor no module holds as its `weight` (a recurrent
+    layer's). The one place tied weights are worked out; each method decides what its owners allow."""
+    found: dict[str, list[nn.Module]] = {n: [] for n in params}
+    by_id = {id(p): n for n, p in params.items()}
+    for module in model.modules():
+        name = by_id.get(id(getattr(module, "weight", None)))
+        if name is not None:
+            found[name].append(module)
+    return found
+

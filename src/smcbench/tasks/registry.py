@@ -33,6 +33,8 @@ class TaskInfo:
     default_model: str = "minilm"
     folds: int = 0  # cross-validation folds (0: a fixed train/evaluation split)
     options: type[Settings] = NoOptions  # the task's own options (e.g. WinoGrande's training size)
+    # Bumped when the task's data handling, model or evaluation changes what a run means (part of the run's id).
+    version: int = 1
 
 
 class DataSettings(Settings):
@@ -118,12 +120,24 @@ class TaskRun(ABC):
         val_size = min(self.spec.val_size, len(rows) // 5)
         if val_size < 1:
             raise SmcBenchError(f"{self.name}: too few training examples ({len(rows)}) to carve a validation split")
+        if val_size < self.spec.val_size:  # said in the result's data notes and so in the report
+            self.split_notes = [f"Validation: {val_size} examples, not the {self.spec.val_size} asked: at most a "
+                                f"fifth of the {len(rows)} training rows is set aside."]
         pool, val = rows[: len(rows) - val_size], rows[len(rows) - val_size:]
         if self.spec.train_size is not None:
             if self.spec.train_size < 1:
                 raise SmcBenchError(f"train size must be >= 1, got {self.spec.train_size}")
             pool = pool[: self.spec.train_size]
         return pool, val
+
+    split_notes: list[str] = []  # what split_training had to decide (set per instance when it does)
+
+    def run_provenance(self) -> dict[str, Any]:
+        """`data_provenance()` with what this run's data handling decided added to its notes."""
+        data = dict(self.data_provenance())
+        if self.split_notes:
+            data["notes"] = [*data.get("notes", []), *self.split_notes]
+        return data
 
     def train_defaults(self) -> dict[str, Any]:
         """Training settings this task uses unless the user sets them (TrainConfig field -> value)."""
@@ -155,17 +169,25 @@ class TaskRun(ABC):
             yield self.collate([examples[i] for i in order[a:a + batch_size]])
 
 
-def register_task(name: str, default_model: str = "minilm", folds: int = 0,
-                  options: type[Settings] = NoOptions) -> Callable[[Callable[[TaskSpec], TaskRun]],
-                                                               Callable[[TaskSpec], TaskRun]]:
-    """Register a task factory under `family/dataset`; `options` is the schema of the task's own options."""
+def register_task(name: str, default_model: str = "minilm", folds: int = 0, options: type[Settings] = NoOptions,
+                  version: int = 1) -> Callable[[Callable[[TaskSpec], TaskRun]], Callable[[TaskSpec], TaskRun]]:
+    """Register a task factory under `family/dataset`; `options` is the schema of the task's own options;
+    `version`: bump it when a change to the task changes what its runs mean."""
 
     def add(factory: Callable[[TaskSpec], TaskRun]) -> Callable[[TaskSpec], TaskRun]:
         _TASKS[name] = factory
-        _INFO[name] = TaskInfo(default_model, folds, options)
+        _INFO[name] = TaskInfo(default_model, folds, options, version)
         return factory
 
     return add
+
+
+FAMILY_MODELS: dict[str, str] = {}  # family → what its `--model` takes, for the CLI's help
+
+
+def describe_family(family: str, models: str) -> None:
+    """Say what a family's tasks take as `--model` (names, hub ids, folders): `smc-bench run --help` lists it."""
+    FAMILY_MODELS[family] = models
 
 
 _loaded = False

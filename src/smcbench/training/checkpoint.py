@@ -156,3 +156,54 @@ def load_checkpoint(root: Path) -> tuple[dict[str, Tensor], dict, dict | None] |
             "step": meta["step"],
         }
     return load_file(str(folder / "model.safetensors")), extra, best
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step may draw from: torch's CPU generator, each CUDA device's, Python's `random`
+    and NumPy's global one (data augmentation, a library's dropout), as tensors and JSON values."""
+    import random
+
+    import numpy as np
+
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any] | Tensor) -> None:
+    """Restore what `rng_state` saved (a checkpoint written before it saved only torch's CPU generator: that)."""
+    import random
+
+    import numpy as np
+
+    if isinstance(state, Tensor):
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(w) for w in py["words"].tolist()), py["gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator `rng_state` covers."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)  # also every CUDA device's
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+

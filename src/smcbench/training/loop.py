@@ -31,7 +31,10 @@ from smcbench.training.checkpoint import (
     load_optimizer_state,
     model_tensors,
     optimizer_state,
+    rng_state,
     save_checkpoint,
+    seed_everything,
+    set_rng_state,
 )
 from smcbench.training.schedules import SCHEDULES, get_schedule, linear_schedule
 
@@ -219,7 +222,7 @@ class _Loop:
     def restore(self) -> None:
         resumed = load_checkpoint(self.root) if self.root else None
         if not resumed:
-            torch.manual_seed(self.cfg.seed)
+            seed_everything(self.cfg.seed)
             return
         weights, extra, self.best = resumed
         # Masks first (setting them zeroes what they prune), then the weights and optimizer state they fit.
@@ -227,7 +230,7 @@ class _Loop:
             cb.load_state_dict(cb_state)
         load_model_tensors(self.raw_model, weights)
         load_optimizer_state(self.optimizer, extra["optimizer"])
-        torch.set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"])
         self.state.step, self.epoch, self.position, self.seen = (extra["step"], extra["epoch"], extra["position"],
                                                                  extra["seen"])
         self.history = extra["history"]
@@ -294,7 +297,7 @@ class _Loop:
     def checkpoint(self) -> None:
         keep = self.validate()
         if self.root and self.accelerator.is_main_process:  # several GPU processes: one writer
-            extra = {"optimizer": optimizer_state(self.optimizer), "rng": torch.get_rng_state(),
+            extra = {"optimizer": optimizer_state(self.optimizer), "rng": rng_state(),
                      "callbacks": [cb.state_dict() for cb in self.callbacks], "step": self.state.step,
                      "epoch": self.epoch, "position": self.position, "seen": self.seen, "history": self.history}
             save_checkpoint(self.root, self.state.step, self.raw_model, extra, keep)

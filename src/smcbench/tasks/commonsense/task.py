@@ -17,7 +17,7 @@ from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.settings import Settings
 from smcbench.tasks.commonsense.data import MCExample, read_csqa, read_race, read_winogrande
-from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
+from smcbench.tasks.registry import TaskRun, TaskSpec, describe_family, register_task
 from smcbench.training import batched_outputs
 
 Features = dict[str, list[list[int]] | int]
@@ -30,7 +30,7 @@ class MultipleChoiceRun(TaskRun):
         self.name = name
         self.read = read
         self.eval_split = eval_split
-        self.metric = Metric("accuracy", chance=1.0 / num_choices)
+        self.metric = Metric("accuracy", chance=1.0 / num_choices, tolerance=0.01)
         self.truncation = truncation
 
     @cached_property
@@ -108,6 +108,9 @@ class MultipleChoiceRun(TaskRun):
 class WinoGrandeOptions(Settings):
     train_variant: Literal["xs", "s", "m", "l", "xl"] = Field(
         "l", description="WinoGrande's training set size (the paper: the largest it reports, l).")
+
+
+describe_family("commonsense", "minilm (default, offline), roberta-base, roberta-large, a hub id or folder")
 
 
 @register_task("commonsense/csqa")

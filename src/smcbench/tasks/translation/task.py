@@ -27,7 +27,7 @@ from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.pretraining import model_provenance
 from smcbench.settings import Settings
-from smcbench.tasks.registry import TaskRun, TaskSpec, register_task
+from smcbench.tasks.registry import TaskRun, TaskSpec, describe_family, register_task
 from smcbench.tasks.translation.bleu import corpus_score
 from smcbench.tasks.translation.data import Pair, flores_pairs, parallel
 from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, MIXES, direction_name
@@ -196,6 +196,9 @@ class TranslationRun(TaskRun):
                     "weight_decay": 0.01, "eval_every": 500}
         # The paper's mBART setting: Adam, lr 1e-6, 40K updates.
         return {"lr": 1e-6, "max_steps": 40000, "warmup_ratio": 0.0, "schedule": "linear", "eval_every": 5000}
+
+
+describe_family("translation", "mbart-tiny (default, pretrained here), an mBART hub id or folder")
 
 
 def _register(mix: str) -> None:
