@@ -297,6 +297,12 @@ PER_LAYER_METHODS = {"random_after", "random_before", "random_rigl", "wanda", "s
 # Settings that keep a method's test small (oBERT's defaults: 1,024 gradients per pruning step).
 TINY_SETTINGS = {"obert": {"obert_gradients": 4, "obert_block": 8}}
 
+# One method per code path of the runner and the methods, for the families other than commonsense (which runs every
+# method): After (one-shot on the dense fine-tune), chained (LTH's rounds), during (GMP's gradual callback),
+# Before + RigL (a mask on θ0, then dynamic updates), post-training (calibration, layer-wise), learned (extra
+# per-weight parameters and a loss term), scratch (another run's mask, a fresh initialisation).
+CODE_PATH_METHODS = ["omp_after", "lth", "gmp", "snip_rigl", "sparsegpt", "variational_dropout", "scratch_e"]
+
 
 def assert_exact_sparsity(record, method):
     """The run pruned exactly its target: per layer for the per-layer methods (uniform allocation), over the whole

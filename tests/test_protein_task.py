@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_SETTINGS, assert_exact_sparsity, make_protein_data, make_tiny_esm
+from helpers import CODE_PATH_METHODS, TINY_SETTINGS, assert_exact_sparsity, make_protein_data, make_tiny_esm
 from smcbench.errors import SmcBenchError
-from smcbench.methods import METHODS
 from smcbench.runner.single import RunRequest, execute
 from smcbench.tasks import TaskSpec, get_task
 from smcbench.training import TrainConfig
@@ -57,11 +56,11 @@ def test_a_tiny_esm_learns_the_synthetic_composition_task(protein_root, esm_path
     assert r["model_source"] == {"folder": esm_path}
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
-def test_every_sparse_method_prunes_exactly_the_esm_selection(protein_root, esm_path, tmp_path, method):
+@pytest.mark.parametrize("method", CODE_PATH_METHODS)
+def test_every_code_path_prunes_exactly_the_esm_selection(protein_root, esm_path, code_path_out, method):
     req = RunRequest(spec(protein_root, esm_path), method, [0.2, 0.36],
                      TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), TINY_SETTINGS.get(method, {}),
-                     tmp_path, progress=False)
+                     code_path_out, progress=False)
     records = execute(req)
     for r in records:
         names = [layer["name"] for layer in r["layers"]]
@@ -114,7 +113,8 @@ def test_a_tape_checkpoint_converts_to_a_bert_folder_and_runs(protein_root, tmp_
     req = RunRequest(spec(protein_root, str(folder)), "omp_before", [0.5], TrainConfig(lr=1e-3, batch_size=4,
                      max_steps=2), {}, tmp_path / "runs", progress=False)
     [r] = execute(req)
-    assert len(r["layers"]) == 12 and r["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert len(r["layers"]) == 12
+    assert_exact_sparsity(r, "omp_before")
 
 
 def test_a_non_tensor_checkpoint_is_refused(tmp_path):
@@ -164,7 +164,8 @@ def test_hp_s_runs_five_classes_from_the_release_layout(single_split_root, esm_p
     req = RunRequest(TaskSpec("protein/hp-s", esm_path, str(single_split_root), val_size=5), "omp_after", [0.5],
                      TrainConfig(lr=1e-3, batch_size=4, max_steps=4, eval_every=2), {}, tmp_path, progress=False)
     [r] = execute(req)
-    assert r["metric"]["chance"] == 0.2 and r["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert r["metric"]["chance"] == 0.2
+    assert_exact_sparsity(r, "omp_after")
     assert r["metrics"]["eval_examples"] == 10
 
 
