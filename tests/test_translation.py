@@ -151,6 +151,18 @@ def test_every_code_path_reaches_the_exact_sparsity_counting_tied_weights_once(d
         directions = [k for k in m if k.startswith("bleu_") and k.count("_") == 1 and "-" in k]
         assert len(directions) == 20 and m["eval_examples"] == 20  # both directions of ten languages, one each
         assert m["bleu"] == pytest.approx(sum(m[k] for k in directions) / 20, rel=1e-12)  # the mean over them
+        # The outcomes: sacreBLEU's sentence statistics per direction, which summed give each direction's BLEU.
+        from sacrebleu.metrics import BLEU
+
+        from smcbench.outcomes import OUTCOMES, read
+
+        o = read(Path(r["dir"]) / OUTCOMES)
+        assert o.kind == "bleu" and sorted(o.groups) == sorted(k[5:] for k in directions)
+        for name, group in o.groups.items():
+            total = [sum(col) for col in zip(*group.values, strict=True)]
+            score = BLEU.compute_bleu(correct=total[2:6], total=total[6:10], sys_len=total[0], ref_len=total[1],
+                                      smooth_method="exp").score
+            assert score == pytest.approx(m[f"bleu_{name}"], abs=1e-9)
 
 
 def test_noise_permutes_sentences_and_masks_spans_with_one_token_each():

@@ -391,6 +391,9 @@ def report(
     levels: str = typer.Option("", help="Sparsities for the layerwise figures (default: the middle level)."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also export the results as CSV here."),
     parquet_out: Path | None = typer.Option(None, "--parquet", help="Also export the results as Parquet here."),
+    verdict: str = typer.Option("paired", help="How a failing sparsity is decided: paired (a paired bootstrap on "
+                                "the per-example outcomes, Holm-corrected across each method's levels) or paper "
+                                "(the paper's rule: mean below dense by the dense seeds' spread)."),
 ) -> None:
     """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG."""
     from smcbench.report.render import build
@@ -398,6 +401,8 @@ def report(
     from smcbench.runner.store import ResultStore
 
     chosen = parse_sparsities(levels, "--levels") if levels else None
+    if verdict not in ("paired", "paper"):
+        fail(f"--verdict {verdict!r}: choose paired or paper")
     if not out.is_dir():
         fail(f"--out {str(out)!r}: no such folder: give the folder a run or grid wrote (it holds results.db)")
     for option, path in (("--csv", csv_out), ("--parquet", parquet_out)):
@@ -408,11 +413,18 @@ def report(
     added = store.rescan(out)  # runs finished by older versions or lost rows: the folders are the truth
     if added:
         typer.echo(f"added {added} finished run(s) found in {out} to the database")
+    extra = None
+    if csv_out is not None or parquet_out is not None:  # each run's row carries its verdict, interval and rule
+        from smcbench.report.render import judge_all
+        from smcbench.report.verdicts import export_columns
+
+        records = store.records()
+        extra = export_columns(judge_all(records, verdict), records)
     if csv_out is not None:
-        typer.echo(f"{store.export_csv(csv_out)} rows written to {csv_out}")
+        typer.echo(f"{store.export_csv(csv_out, extra)} rows written to {csv_out}")
     if parquet_out is not None:
-        typer.echo(f"{store.export_parquet(parquet_out)} rows written to {parquet_out}")
-    path = build(out / "results.db", report_dir or out / "report", chosen)
+        typer.echo(f"{store.export_parquet(parquet_out, extra)} rows written to {parquet_out}")
+    path = build(out / "results.db", report_dir or out / "report", chosen, verdict)
     typer.echo(f"report: {path}")
 
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
-from smcbench.report import analysis, summary  # noqa: E402
+from smcbench.report import analysis, significance, summary, verdicts  # noqa: E402
 from smcbench.runner.single import MASKS  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
@@ -89,8 +89,19 @@ class Report:
                 f"{images}</body></html>")
 
 
-def build(results: Path, out: Path, levels: list[float] | None = None) -> Path:
-    """Write report.html, report.md and PNG figures for every (task, model) in the results database."""
+def judge_all(records: list[dict], rule: verdicts.Rule = "paired",
+              resamples: int | None = None) -> dict[tuple[str, str], verdicts.GroupVerdicts]:
+    """Every (task, model) group's verdicts under `rule`."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["model"])].append(r)
+    return {key: verdicts.judge(analysis.with_variants(rows), rule, resamples) for key, rows in groups.items()}
+
+
+def build(results: Path, out: Path, levels: list[float] | None = None, rule: verdicts.Rule = "paired",
+          resamples: int | None = None) -> Path:
+    """Write report.html, report.md and PNG figures for every (task, model) in the results database; verdicts by
+    `rule` (paired: per-example outcomes; paper: the paper's rule)."""
     records = ResultStore(results).records()
     if not records:
         raise SmcBenchError(f"no finished runs in {str(results)!r}: run `smc-bench grid` or `smc-bench run` first")
@@ -99,33 +110,39 @@ def build(results: Path, out: Path, levels: list[float] | None = None) -> Path:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["model"])].append(r)
-    _across_tasks(report, groups)
+    judged = judge_all(records, rule, resamples)
+    _across_tasks(report, judged)
     for (task, model), rows in sorted(groups.items()):
-        _group(report, task, model, rows, levels)
+        _group(report, task, model, rows, levels, judged[(task, model)])
     report.sections.append(("Run metadata", summary.run_metadata(records)))
     (out / "report.md").write_text(report.markdown())
     (out / "report.html").write_text(report.html())
     return out / "report.html"
 
 
-def _across_tasks(report: Report, groups: dict[tuple[str, str], list[dict]]) -> None:
+def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVerdicts]) -> None:
     """Every method's first failing level on every (task, model), dense and chance beside; a heatmap; and task
     difficulty against prunability."""
-    summaries = [summary.summarise(f"{task} / {Path(model).name}", rows)
-                 for (task, model), rows in sorted(groups.items())]
+    summaries = [summary.summarise(f"{task} / {Path(model).name}", g) for (task, model), g in sorted(judged.items())]
     if not any(s.failing for s in summaries):
         return
-    report.sections.append(("Across tasks: first failing sparsity", "The first level at which each method is worse "
-                            "than dense by more than the tolerance (the rule of each task's failing-sparsity table); "
-                            "\"-\" never fails up to the highest level run; blank: not run.\n\n"
-                            + summary.summary_table(summaries)))
+    rules = {v.rule for g in judged.values() for v in g.methods.values()}
+    how = (f"the first level at which the method is significantly worse than dense ({significance.RULE}), with "
+           "the 95 % interval of sparse − dense there" if "paired" in rules else "")
+    if "paper" in rules:
+        marked = "marked \"paper's rule\": " if len(rules) > 1 else ""
+        how += ("; " if how else "") + f"{marked}{verdicts.PAPER_RULE}"
+    report.sections.append(("Across tasks: first failing sparsity", f"Each cell: {how}. \"-\" no level fails up to "
+                            "the highest level run (each task's table says what its test set could resolve); "
+                            "blank: not run.\n\n" + summary.summary_table(summaries)))
     report.figure(summary.heatmap(summaries), "across-tasks-failing", "First failing sparsity, every task")
     fig = summary.difficulty_figure(summaries)
     if fig is not None:
         report.figure(fig, "across-tasks-difficulty", "Task difficulty vs prunability")
 
 
-def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None) -> None:
+def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None,
+           judged: verdicts.GroupVerdicts) -> None:
     label = f"{task} / {Path(model).name}"
     slug = f"{task.replace('/', '-')}-{Path(model).name}"
     metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
@@ -136,7 +153,8 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
     if dense and by_method:  # a group with only its dense run has nothing to fail
-        _failing(report, label, metric, by_method, dense)
+        _failing(report, label, metric, by_method, dense, judged)
+        _why(report, label, rows, judged)
     _reached(report, label, rows)
     _layerwise(report, label, slug, rows, levels)
     _overlap(report, label, rows)
@@ -269,19 +287,87 @@ def _breakdown(report: Report, label: str, metric: Metric, rows: list[dict], lev
 
 
 def _failing(report: Report, label: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
-             dense: list[analysis.Point]) -> None:
-    mean, tol, how = analysis.dense_reference(dense, metric)
-    if tol is None:
-        report.sections.append((f"Failing sparsity: {label}", f"Tolerance: {how}."))
+             dense: list[analysis.Point], judged: verdicts.GroupVerdicts) -> None:
+    paired = {m: v for m, v in judged.methods.items() if v.rule == "paired"}
+    if paired:
+        _paired_table(report, label, metric, judged, paired)
+    if len(paired) == len(judged.methods):
         return
-    lines = [f"Tolerance: {how}. A method fails at the first level whose {metric.name} is worse than dense by more "
-             "than the tolerance.",
-             "", "| method | last level within tolerance | first failing level |", "|---|---|---|"]
+    notes = [f"{m}: {v.note}" for m, v in judged.methods.items() if v.note]
+    by_method = {m: p for m, p in by_method.items() if m not in paired}
+    mean, tol, how = analysis.dense_reference(dense, metric)
+    title = f"Failing sparsity (the paper's rule): {label}"
+    if tol is None:
+        report.sections.append((title, f"Tolerance: {how}." + "".join(f"\n{n}" for n in notes)))
+        return
+    lines = [*notes, f"Rule: {verdicts.PAPER_RULE}. Tolerance: {how}.", "",
+             "| method | last level within tolerance | first failing level |", "|---|---|---|"]
     for method, points in sorted(by_method.items()):
         ok, fail = analysis.failing_sparsity(points, mean, tol, metric)
         lines.append(f"| {cell(method)} | {'-' if ok is None else f'{ok:.3f}'} | "
                      f"{'none (never fails)' if fail is None else f'{fail:.3f}'} |")
-    report.sections.append((f"Failing sparsity: {label}", "\n".join(lines)))
+    report.sections.append((title, "\n".join(lines)))
+
+
+def _paired_table(report: Report, label: str, metric: Metric, judged: verdicts.GroupVerdicts,
+                  paired: dict[str, verdicts.MethodVerdict]) -> None:
+    """Per method: each level's difference from dense with its interval, corrected p and verdict; then the
+    failing level, or what the test set could not resolve, beside the paper's rule."""
+    name = metric.name
+    lines = [f"Rule: {significance.RULE}. Δ = sparse − dense in {name} ({_direction(metric)}); a level fails when "
+             "its corrected test rejects, holds when the whole interval stays above −"
+             f"{metric.tolerance if metric.tolerance is not None else '(no margin declared)'}, and is inconclusive "
+             "otherwise. Lost / gained: examples dense gets right and the sparse run wrong, and the reverse (summed "
+             "over seeds).", "",
+             "| method | level | Δ | 95 % interval | p (Holm) | verdict | lost | gained |",
+             "|---|---|---|---|---|---|---|---|"]
+    summary_lines = ["| method | first failing level | Δ there [95 %] | what the test set resolves | "
+                     "the paper's rule |", "|---|---|---|---|---|"]
+    for method, v in sorted(paired.items()):
+        for x in v.ladder.levels:
+            lost = f"{x.lost}" if metric_kind(judged, method) == "binary" else "-"
+            gained = f"{x.gained}" if lost != "-" else "-"
+            lines.append(f"| {cell(method)} | {x.sparsity:.3f} | {x.delta:+.4f} | [{x.low:+.4f}, {x.high:+.4f}] | "
+                         f"{x.p_holm:.4f} | {x.verdict} | {lost} | {gained} |")
+        f = v.ladder.failing
+        examples = v.ladder.levels[0].examples
+        resolved = (f"drops under {v.ladder.resolution:.4f} cannot be resolved with {examples} examples"
+                    + (f" × {v.ladder.levels[0].seeds} seeds" if v.ladder.levels[0].seeds > 1 else ""))
+        if f is None:
+            inconclusive = [x.sparsity for x in v.ladder.levels if x.verdict == "inconclusive"]
+            first = ("no failure detectable" if not inconclusive else
+                     f"none; inconclusive from {inconclusive[0]:.3f}")
+            there = "-"
+        else:
+            first, there = f"{f.sparsity:.3f}", f"{f.delta:+.4f} [{f.low:+.4f}, {f.high:+.4f}]"
+        paper = "-" if not v.judged else ("never" if v.paper_failing is None else f"{v.paper_failing:.3f}")
+        summary_lines.append(f"| {cell(method)} | {first} | {there} | {resolved} | {paper} |")
+    report.sections.append((f"Failing sparsity: {label}", "\n".join(summary_lines)))
+    report.sections.append((f"Paired verdicts by level: {label}", "\n".join(lines)))
+
+
+def metric_kind(judged: verdicts.GroupVerdicts, method: str) -> str:
+    """binary or bleu: what the method's outcomes hold (lost/gained counts exist for binary ones)."""
+    v = judged.methods[method]
+    return "binary" if v.ladder and any(x.lost or x.gained for x in v.ladder.levels) or judged.metric.name != "bleu" \
+        else "bleu"
+
+
+def _why(report: Report, label: str, rows: list[dict], judged: verdicts.GroupVerdicts) -> None:
+    """A few of the examples each method loses at its first failing level, as a reader sees them."""
+    lines = []
+    for method, v in sorted(judged.methods.items()):
+        if v.ladder is None or v.ladder.failing is None:
+            continue
+        lost = verdicts.lost_examples(rows, method, v.ladder.failing.sparsity, judged.describe)
+        if lost:
+            lines.append(f"{method} at {v.ladder.failing.sparsity:.3f} ({v.ladder.failing.lost} lost, "
+                         f"{v.ladder.failing.gained} gained):")
+            lines += [f"  {text}" for text in lost]
+    if lines:
+        report.sections.append((f"What the failing sparse models lose: {label}",
+                                "Examples the dense run answers right and the sparse run at its first failing "
+                                "level wrong (* marks the right answer).\n" + "\n".join(lines)))
 
 
 def _reached(report: Report, label: str, rows: list[dict]) -> None:

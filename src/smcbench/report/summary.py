@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from smcbench.metrics import Metric
-from smcbench.report import analysis
+from smcbench.report.verdicts import GroupVerdicts
 from smcbench.runner.disk import human, on_disk
 from smcbench.runner.single import WEIGHTS
 
@@ -25,26 +25,24 @@ class TaskSummary:
     dense: float | None
     highest: dict[str, float]  # method variant → the highest level it ran
     failing: dict[str, float | None]  # method variant → first failing level (None: never, up to its highest)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # paired rule: the failing level's
+    rules: dict[str, str] = field(default_factory=dict)  # method variant → the rule that judged it
 
 
-def summarise(label: str, rows: list[dict]) -> TaskSummary:
-    """One (task, model) group's dense score and each method's first failing level (the report's rule)."""
-    metric = Metric.of(rows[-1])
-    _, by_method, dense_points = analysis.method_curves(rows)
-    highest = {m: max(p.sparsity for p in points) for m, points in by_method.items()}
-    failing: dict[str, float | None] = {}
-    dense = None
-    if dense_points:
-        dense, tolerance, _ = analysis.dense_reference(dense_points, metric)
-        if tolerance is not None:  # else no verdict (blank), as the group's own table says
-            failing = {m: analysis.failing_sparsity(points, dense, tolerance, metric)[1]
-                       for m, points in by_method.items()}
-    return TaskSummary(label, metric, dense, highest, failing)
+def summarise(label: str, judged: GroupVerdicts) -> TaskSummary:
+    """One (task, model) group's dense score and each method's first failing level, its interval and rule."""
+    methods = judged.methods
+    judged_methods = {m: v for m, v in methods.items() if v.judged}
+    return TaskSummary(label, judged.metric, judged.dense, {m: v.highest for m, v in methods.items()},
+                       {m: v.failing for m, v in judged_methods.items()},
+                       {m: v.interval for m, v in judged_methods.items() if v.interval is not None},
+                       {m: v.rule for m, v in judged_methods.items()})
 
 
 def summary_table(summaries: list[TaskSummary]) -> str:
     """Methods × tasks: the first failing level; "-" never fails up to the highest level it ran; blank not run."""
     methods = sorted({m for s in summaries for m in s.failing})
+    mixed = len({rule for s in summaries for rule in s.rules.values()}) > 1
     head = "| method | " + " | ".join(s.label.replace("|", "\\|") for s in summaries) + " |"
     lines = [head, "|---" * (len(summaries) + 1) + "|"]
     dense = [f"{s.dense:.3f}" if s.dense is not None else "no dense run" for s in summaries]
@@ -59,7 +57,13 @@ def summary_table(summaries: list[TaskSummary]) -> str:
                 cells.append("")
             else:
                 level = s.failing[m]
-                cells.append(f"{level:.3f}" if level is not None else f"- (> {s.highest[m]:.3f})")
+                interval = s.intervals.get(m)
+                text = f"{level:.3f}" if level is not None else f"- (> {s.highest[m]:.3f})"
+                if interval is not None:
+                    text += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+                if s.rules.get(m) == "paper" and mixed:  # marked only where the table holds both rules
+                    text += " (paper's rule)"
+                cells.append(text)
         lines.append(f"| {m.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ from smcbench.settings import Settings
 from smcbench.tasks import TaskSpec, get_task
 
 RECORD_BYTES = 64_000  # config.json + result.json of a model with a few hundred prunable tensors (measured: 20-60 kB)
+# Plus each run's outcomes.json (per-example outcomes for the paired verdicts): the task's estimate.
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def kept_weights(nodes: list[Node], policy: str) -> set[str]:
     return {n.id for n in nodes if get_method(n.request.method).weights_reused and n.id not in continued}
 
 
+def _outcome_bytes(spec: TaskSpec, with_texts: bool) -> int:
+    return get_task(spec).outcome_bytes(with_texts)
+
+
 def estimate(nodes: list[Node], policy: str) -> dict[str, RunDisk]:
     """Node id → the disk its finished run occupies under `policy`."""
     kept = kept_weights(nodes, policy)
@@ -97,7 +102,8 @@ def estimate(nodes: list[Node], policy: str) -> dict[str, RunDisk]:
         runs = len(node.result_paths())  # a node of a method that shares its levels makes several runs
         masks = math.ceil(size.prunable / 8) * runs if sparse else 0
         weights = size.weights_bytes * runs if node.id in kept else 0
-        out[node.id] = RunDisk(masks, weights, RECORD_BYTES * runs, size.approximate)
+        records = (RECORD_BYTES + _outcome_bytes(r.spec, not sparse)) * runs  # result records and outcomes
+        out[node.id] = RunDisk(masks, weights, records, size.approximate)
     return out
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import smcbench
+from smcbench import outcomes
 from smcbench.errors import SmcBenchError
 from smcbench.methods import DENSE, NoSettings, Outcome, SelectionSettings, get_method, method_settings
 from smcbench.runner.identity import config_id, run_config
@@ -184,12 +185,15 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     `accelerate launch` only the main process writes; the others return None."""
     from accelerate import PartialState
 
-    metrics = exp.task.evaluate(outcome.model)
+    metrics, per_example = exp.task.evaluate_outcomes(outcome.model)
     if not PartialState().is_main_process:
         return None
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    if per_example is not None:  # what the paired verdicts need; the dense run keeps what each example is
+        outcomes.write(per_example if not get_method(config["method"]).sparse else per_example.without_texts(),
+                       tmp / outcomes.OUTCOMES)
     if outcome.sparsifier is not None:
         rows = layer_sparsity(outcome.sparsifier.masks)
         outcome.sparsifier.save_masks(tmp / MASKS)
@@ -218,6 +222,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "data": exp.task.run_provenance(),
         "metric": exp.task.metric.to_dict(),
         "metrics": metrics,
+        "outcomes": {"kind": per_example.kind, "examples": per_example.count()} if per_example else None,
         "weight_change": change,
         "validation_best": result.best_metric,
         "best_step": result.best_step,

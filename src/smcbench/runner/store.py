@@ -13,6 +13,7 @@ import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
@@ -105,28 +106,34 @@ class ResultStore:
                 added += self.append(record)
         return added
 
-    def _flat_rows(self) -> tuple[list[str], list[tuple]]:
+    def _flat_rows(self, extra: dict[str, dict[str, Any]] | None = None) -> tuple[list[str], list[tuple]]:
+        """The flat columns of every run, then `extra`'s columns (run id → values, e.g. the report's verdicts)."""
         names = [k for k in COLUMNS if k != "record"]
         with closing(self._connect()) as conn:
-            return names, conn.execute(f"SELECT {', '.join(names)} FROM runs ORDER BY rowid").fetchall()
+            rows = conn.execute(f"SELECT {', '.join(names)} FROM runs ORDER BY rowid").fetchall()
+        if not extra:
+            return names, rows
+        added = list(dict.fromkeys(k for values in extra.values() for k in values))
+        at = names.index("run_id")
+        return names + added, [(*row, *(extra.get(row[at], {}).get(k) for k in added)) for row in rows]
 
-    def export_csv(self, path: str | os.PathLike) -> int:
-        """One line per run with the flat columns; returns the number of rows."""
-        names, rows = self._flat_rows()
+    def export_csv(self, path: str | os.PathLike, extra: dict[str, dict[str, Any]] | None = None) -> int:
+        """One line per run with the flat columns (and `extra`'s); returns the number of rows."""
+        names, rows = self._flat_rows(extra)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(names)
             writer.writerows(rows)
         return len(rows)
 
-    def export_parquet(self, path: str | os.PathLike) -> int:
+    def export_parquet(self, path: str | os.PathLike, extra: dict[str, dict[str, Any]] | None = None) -> int:
         """The flat columns plus the whole record (JSON text) as Parquet, in insertion order; needs pyarrow."""
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as err:
             raise SmcBenchError("Parquet export needs pyarrow: pip install 'smc-bench[parquet]'") from err
-        names, rows = self._flat_rows()
+        names, rows = self._flat_rows(extra)
         with closing(self._connect()) as conn:
             records = [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY rowid")]
         columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}

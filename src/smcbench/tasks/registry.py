@@ -18,6 +18,7 @@ from torch import nn
 
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
+from smcbench.outcomes import Outcomes
 from smcbench.settings import Settings
 
 _TASKS: dict[str, Callable[[TaskSpec], TaskRun]] = {}
@@ -113,6 +114,20 @@ class TaskRun(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Metrics on the evaluation split: the primary metric (`self.metric.name`), the secondary ones, and
         `eval_examples`."""
+
+    # Evaluation examples assumed by the disk estimate when the spec does not cap them (a dry run reads no data).
+    typical_eval_examples: int = 2000
+
+    def outcome_bytes(self, with_texts: bool) -> int:
+        """About what this task's outcomes file takes (the dry run's disk estimate): ~24 bytes an example, ~200
+        more with the example's text (the dense run keeps it)."""
+        return (self.spec.eval_size or self.typical_eval_examples) * (24 + (200 if with_texts else 0))
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], Outcomes | None]:
+        """`evaluate`'s metrics and, from the same pass, the per-example outcomes a paired test needs
+        (smcbench.outcomes; example ids the same for every run of this task configuration). A task that cannot
+        give them returns None: its verdicts then use the paper's rule, and the report says so."""
+        return self.evaluate(model), None
 
     def split_training(self, rows: list) -> tuple[list, list]:
         """(training pool, validation): validation is carved from the end of the training data (model selection

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from smcbench import outcomes
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
@@ -177,22 +178,30 @@ class ArithmeticRun(TaskRun):
                                   length=lambda f: len(f.input_ids))
         return [self.vocab.decode(ids) for ids in decoded]
 
-    def _scores(self, model: nn.Module, features: list[Features]) -> tuple[float, float]:
-        if not features:
-            return 0.0, 0.0
-        predictions = self.predict(model, features)
-        value = sum(answer_correct(pred, f.problem.numbers, f.problem.answer)
-                    for pred, f in zip(predictions, features, strict=True))
-        equation = sum(tuple(pred) == f.problem.equation for pred, f in zip(predictions, features, strict=True))
-        return value / len(features), equation / len(features)
+    def _correct(self, model: nn.Module, features: list[Features]) -> tuple[list[bool], list[bool]]:
+        """Per problem: the value right, the exact prefix equation right."""
+        predictions = self.predict(model, features) if features else []
+        value = [answer_correct(pred, f.problem.numbers, f.problem.answer)
+                 for pred, f in zip(predictions, features, strict=True)]
+        equation = [tuple(pred) == f.problem.equation for pred, f in zip(predictions, features, strict=True)]
+        return value, equation
 
     def validate(self, model: nn.Module) -> float:
-        return self._scores(model, self._features_by_split[1])[0]
+        value, _ = self._correct(model, self._features_by_split[1])
+        return sum(value) / len(value) if value else 0.0
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.evaluate_outcomes(model)[0]
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
         test = self._features_by_split[2]
-        value, equation = self._scores(model, test)
-        return {"accuracy": value, "equation_accuracy": equation, "eval_examples": len(test)}
+        value, equation = self._correct(model, test)
+        n = max(len(test), 1)
+        metrics = {"accuracy": sum(value) / n, "equation_accuracy": sum(equation) / n, "eval_examples": len(test)}
+        texts = [f"{f.problem.question} | numbers {' '.join(f'{x:g}' for x in f.problem.numbers)} | equation "
+                 f"{' '.join(f.problem.equation)} | answer {f.problem.answer:g}" for f in test]
+        return metrics, outcomes.binary([f.problem.uid for f in test], value, texts,
+                                        {"equation_correct": [int(e) for e in equation]})
 
 
 def _graph_edges(words: list[str], first: dict[int, int], slot_words: dict[int, int],

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from smcbench import outcomes
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
@@ -57,13 +58,17 @@ class MultipleChoiceRun(TaskRun):
         return self._encode(pool), self._encode(val)
 
     @cached_property
-    def _eval(self) -> list[Features]:
+    def _eval_rows(self) -> list[MCExample]:
         rows = self.read(self.data_dir, self.eval_split)
         if self.spec.eval_size is not None:
             rows = rows[: self.spec.eval_size]
         if any(r.label is None for r in rows):
             raise SmcBenchError(f"{self.name}: the {self.eval_split} split has unlabelled examples")
-        return self._encode(rows)
+        return rows
+
+    @cached_property
+    def _eval(self) -> list[Features]:
+        return self._encode(self._eval_rows)
 
     def train_examples(self) -> tuple[Sequence[Features], list[int]]:
         train, _ = self._splits
@@ -89,20 +94,35 @@ class MultipleChoiceRun(TaskRun):
         torch.manual_seed(self.spec.seed)  # the head's initial weights are part of θ0
         return load_pretrained(self.spec.model, "AutoModelForMultipleChoice")
 
-    def _accuracy(self, model: nn.Module, features: list[Features]) -> float:
+    def _hits(self, model: nn.Module, features: list[Features]) -> list[bool]:
         def correct(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             labels = batch.pop("labels")
             return m(**batch).logits.argmax(-1) == labels
 
-        hits = batched_outputs(model, features, self.collate, correct,
-                               length=lambda f: max(len(x) for x in f["input_ids"]))
-        return sum(int(h) for h in hits) / len(features)
+        return [bool(h) for h in batched_outputs(model, features, self.collate, correct,
+                                                 length=lambda f: max(len(x) for x in f["input_ids"]))]
 
     def validate(self, model: nn.Module) -> float:
-        return self._accuracy(model, self._splits[1])
+        hits = self._hits(model, self._splits[1])
+        return sum(hits) / len(hits)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return {"accuracy": self._accuracy(model, self._eval), "eval_examples": len(self._eval)}
+        return self.evaluate_outcomes(model)[0]
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
+        hits = self._hits(model, self._eval)
+        rows = self._eval_rows
+        return ({"accuracy": sum(hits) / len(hits), "eval_examples": len(hits)},
+                outcomes.binary([r.uid for r in rows], hits, [_describe(r) for r in rows]))
+
+
+def _describe(example: MCExample) -> str:
+    """An example as a reader sees it: the shared text (cut), the choices, the answer."""
+    first = example.choices[0].first
+    shared = first if all(c.first == first for c in example.choices) else ""
+    options = " / ".join(f"{'*' if k == example.label else ''}{(c.second if shared else c.first + c.second)[:120]}"
+                         for k, c in enumerate(example.choices))
+    return (f"{shared[:300]}{'…' if len(shared) > 300 else ''} | " if shared else "") + options
 
 
 class WinoGrandeOptions(Settings):

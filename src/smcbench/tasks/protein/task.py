@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from smcbench import outcomes
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
@@ -172,12 +173,16 @@ class ProteinRun(TaskRun):
     @cached_property
     def _splits(self) -> tuple[list[Features], list[Features], list[Features]]:
         pool, val = self.training_and_validation()
+        return self._encode(pool), self._encode(val), self._encode(self._test_rows)
+
+    @cached_property
+    def _test_rows(self) -> list[Protein]:
         test = self.read("test")
         if Path(self.model_path).is_dir():
             check_held_out(Path(self.model_path), [p.sequence for p in test], *self.held_out_remedy())
         if self.spec.eval_size is not None:
             test = test[: self.spec.eval_size]
-        return self._encode(pool), self._encode(val), self._encode(test)
+        return test
 
     def train_examples(self) -> tuple[Sequence[Features], list[int]]:
         train = self._splits[0]
@@ -244,13 +249,20 @@ class ProteinRun(TaskRun):
         return sum(p == f.label for p, f in zip(self._predict(model, val), val, strict=True)) / len(val)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.evaluate_outcomes(model)[0]
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
         test = self._splits[2]
         predicted, gold = self._predict(model, test), [f.label for f in test]
         majority = Counter(gold).most_common(1)[0][1] / len(gold)
-        return {"accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(test),
-                "macro_f1": macro_f1(predicted, gold, self.classes), "majority_rate": majority,
-                "eval_examples": len(test), "cut_sequences": sum(f.cut for f in test),
-                "cut_train_sequences": sum(f.cut for f in self._splits[0])}
+        metrics = {"accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(test),
+                   "macro_f1": macro_f1(predicted, gold, self.classes), "majority_rate": majority,
+                   "eval_examples": len(test), "cut_sequences": sum(f.cut for f in test),
+                   "cut_train_sequences": sum(f.cut for f in self._splits[0])}
+        rows = self._test_rows
+        texts = [f"{p.uid} (class {p.label}, {len(p.sequence)} residues) {p.sequence[:60]}…" for p in rows]
+        return metrics, outcomes.binary([p.uid for p in rows], [a == b for a, b in zip(predicted, gold, strict=True)],
+                                        texts, {"prediction": predicted, "label": gold})
 
 
 class HotProteinFoldRun(ProteinRun):

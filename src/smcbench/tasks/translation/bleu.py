@@ -26,3 +26,18 @@ def corpus_score(hypotheses: list[str], references: list[str], target: str) -> S
     b = bleu.corpus_score(hypotheses, [references])
     c = chrf.corpus_score(hypotheses, [references])
     return Score(b.score, c.score, f"{bleu.get_signature()} | {chrf.get_signature()}")
+
+
+def sentence_statistics(hypotheses: list[str], references: list[str], target: str) -> list[list[int]]:
+    """sacreBLEU's statistics of each sentence (hypothesis length, reference length, matching n-grams for n = 1..4,
+    total n-grams for n = 1..4), from its public scoring of the sentence as a corpus of one: summed over any subset
+    of sentences they give that subset's corpus BLEU (BLEU.compute_bleu), what a paired bootstrap resamples."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(tokenize=ALL[target].bleu_tokenize)
+    out = []
+    for h, r in zip(hypotheses, references, strict=True):
+        score = bleu.corpus_score([h], [[r]])
+        out.append([score.sys_len, score.ref_len, *score.counts, *score.totals])
+    return out
+

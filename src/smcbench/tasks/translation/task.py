@@ -23,12 +23,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from smcbench import outcomes
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.pretraining import model_provenance
 from smcbench.settings import Settings
 from smcbench.tasks.registry import TaskRun, TaskSpec, describe_family, register_task
-from smcbench.tasks.translation.bleu import corpus_score
+from smcbench.tasks.translation.bleu import corpus_score, sentence_statistics
 from smcbench.tasks.translation.data import Pair, flores_pairs, parallel
 from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, MIXES, direction_name
 from smcbench.tasks.translation.pretrain import TINY_NAME, ensure_tiny
@@ -156,18 +157,29 @@ class TranslationRun(TaskRun):
         return [t.strip() for t in batched_outputs(model, examples, self.collate, step,
                                                    length=lambda e: len(e.source_ids))]
 
-    def _scores(self, model: nn.Module, by_direction: dict[tuple[str, str], list[Example]]) -> dict[str, Any]:
+    def _scores(self, model: nn.Module, by_direction: dict[tuple[str, str], list[Example]],
+                hypotheses: dict[tuple[str, str], list[str]] | None = None) -> dict[str, Any]:
         scores = {}
         for (src, tgt), examples in by_direction.items():
-            hypotheses = self.translate(model, examples)
-            scores[(src, tgt)] = corpus_score(hypotheses, [e.reference for e in examples], tgt)
+            hyps = self.translate(model, examples)
+            if hypotheses is not None:
+                hypotheses[(src, tgt)] = hyps
+            scores[(src, tgt)] = corpus_score(hyps, [e.reference for e in examples], tgt)
         return scores
 
     def validate(self, model: nn.Module) -> float:
         return statistics.fmean(s.bleu for s in self._scores(model, self._validation).values())
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        scores = self._scores(model, self._test)
+        return self.evaluate_outcomes(model)[0]
+
+    def outcome_bytes(self, with_texts: bool) -> int:
+        # 20 directions of FLORES-200 devtest (1,012 sentences): ten statistics a sentence, the reference with text.
+        return len(EVAL_DIRECTIONS) * min(self.spec.eval_size or 1012, 1012) * (45 + (150 if with_texts else 0))
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
+        hypotheses: dict[tuple[str, str], list[str]] = {}
+        scores = self._scores(model, self._test, hypotheses)
         out: dict[str, float] = {"bleu": statistics.fmean(s.bleu for s in scores.values()),
                                  "chrf": statistics.fmean(s.chrf for s in scores.values())}
         for side, chosen in (("into_en", [d for d in scores if d[1] == "en"]),
@@ -180,7 +192,13 @@ class TranslationRun(TaskRun):
             out[f"bleu_{direction_name(src, tgt)}"] = s.bleu
             out[f"chrf_{direction_name(src, tgt)}"] = s.chrf
         out["eval_examples"] = sum(len(v) for v in self._test.values())
-        return out
+        groups = {}
+        for (src, tgt), examples in self._test.items():  # FLORES-200 is multi-way: sentence k in every direction
+            refs = [e.reference for e in examples]
+            groups[direction_name(src, tgt)] = outcomes.Group(
+                [str(k) for k in range(len(examples))], sentence_statistics(hypotheses[(src, tgt)], refs, tgt),
+                texts=refs)
+        return out, outcomes.Outcomes("bleu", groups, {"smooth_method": "exp", "effective_order": False})
 
     def data_provenance(self) -> dict[str, Any]:
         import sacrebleu
