@@ -65,8 +65,8 @@ class Report:
     def html(self) -> str:
         def table(md: str) -> str:
             lines = [line for line in md.splitlines() if line.startswith("|")]
-            if not lines:
-                return f"<p>{html.escape(md)}</p>"
+            if not lines:  # prose: a paragraph a line (a list of examples stays a list)
+                return "".join(f"<p>{html.escape(line)}</p>" for line in md.splitlines() if line.strip())
             rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
                     for line in lines if not set(line) <= set("|-: ")]
             head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
