@@ -52,27 +52,27 @@ def test_a_lower_is_better_metric_fails_when_it_rises():
     assert level.delta > 0.05 and level.p < 0.001
 
 
+def simulated_ladder(rng, n, truths, trial):
+    """One method's ten levels against dense: `truths` gives each level's (only dense right, only sparse right)."""
+    levels = [compare([simulated_pair(rng, n, *truth)], ACCURACY, s, resamples=2000, seed=trial * 10 + j)
+              for j, (s, truth) in enumerate(zip(np.linspace(0.2, 0.893, 10), truths, strict=True))]
+    return ladder(levels, ACCURACY)
+
+
 def test_false_failures_across_a_ten_level_ladder_stay_under_five_percent():
     """Truth: every level equals dense, disagreeing with it on a fifth of 600 questions."""
     rng = np.random.default_rng(2026)
-    ladders, failed = 300, 0
-    for k in range(ladders):
-        levels = [compare([simulated_pair(rng, 600, 0.1, 0.1)], ACCURACY, s, resamples=2000, seed=k * 10 + j)
-                  for j, s in enumerate(np.linspace(0.2, 0.893, 10))]
-        failed += ladder(levels, ACCURACY).failing is not None
+    ladders = 300
+    failed = sum(simulated_ladder(rng, 600, [(0.1, 0.1)] * 10, k).failing is not None for k in range(ladders))
     assert failed / ladders <= 0.05, failed  # measured: 11 of 300 (3.7 %)
 
 
 def test_a_five_point_drop_on_a_thousand_examples_is_found():
     """Truth: nine levels equal dense, the last one loses 5 points; a fifth of the pairs are discordant."""
     rng = np.random.default_rng(7)
-    trials, found = 400, 0
-    for k in range(trials):
-        levels = [compare([simulated_pair(rng, 1000, 0.1, 0.1)], ACCURACY, s, resamples=2000, seed=k * 10 + j)
-                  for j, s in enumerate(np.linspace(0.2, 0.866, 9))]
-        levels.append(compare([simulated_pair(rng, 1000, 0.125, 0.075)], ACCURACY, 0.893, resamples=2000,
-                              seed=k * 10 + 9))
-        found += ladder(levels, ACCURACY).levels[-1].verdict == "fails"
+    trials = 400
+    truths = [(0.1, 0.1)] * 9 + [(0.125, 0.075)]
+    found = sum(simulated_ladder(rng, 1000, truths, k).levels[-1].verdict == "fails" for k in range(trials))
     assert found / trials >= 0.8, found  # measured: 340 of 400 (85 %)
 
 
