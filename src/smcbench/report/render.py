@@ -325,8 +325,7 @@ def _paired_table(report: Report, label: str, metric: Metric, judged: verdicts.G
                      "the paper's rule |", "|---|---|---|---|---|"]
     for method, v in sorted(paired.items()):
         for x in v.ladder.levels:
-            lost = f"{x.lost}" if metric_kind(judged, method) == "binary" else "-"
-            gained = f"{x.gained}" if lost != "-" else "-"
+            lost, gained = (f"{x.lost}", f"{x.gained}") if x.kind == "binary" else ("-", "-")
             lines.append(f"| {cell(method)} | {x.sparsity:.3f} | {x.delta:+.4f} | [{x.low:+.4f}, {x.high:+.4f}] | "
                          f"{x.p_holm:.4f} | {x.verdict} | {lost} | {gained} |")
         f = v.ladder.failing
@@ -344,13 +343,6 @@ def _paired_table(report: Report, label: str, metric: Metric, judged: verdicts.G
         summary_lines.append(f"| {cell(method)} | {first} | {there} | {resolved} | {paper} |")
     report.sections.append((f"Failing sparsity: {label}", "\n".join(summary_lines)))
     report.sections.append((f"Paired verdicts by level: {label}", "\n".join(lines)))
-
-
-def metric_kind(judged: verdicts.GroupVerdicts, method: str) -> str:
-    """binary or bleu: what the method's outcomes hold (lost/gained counts exist for binary ones)."""
-    v = judged.methods[method]
-    return "binary" if v.ladder and any(x.lost or x.gained for x in v.ladder.levels) or judged.metric.name != "bleu" \
-        else "bleu"
 
 
 def _why(report: Report, label: str, rows: list[dict], judged: verdicts.GroupVerdicts) -> None:

@@ -57,6 +57,7 @@ class Level:
     gained: int = 0  # the reverse
     examples: int = 0  # per seed
     seeds: int = 1
+    kind: str = "binary"  # the outcomes compared (smcbench.outcomes): lost / gained exist for binary ones
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def compare(pairs: list[tuple[Outcomes, Outcomes]], metric: Metric, sparsity: fl
             gained += int((~d & s).sum())
     examples = sum(len(g[0]) for g in paired[0])
     return Level(sparsity, delta, float(low), float(high), p, float(np.std(replicates)), lost=lost, gained=gained,
-                 examples=examples, seeds=k)
+                 examples=examples, seeds=k, kind=kind)
 
 
 def holm(p_values: list[float]) -> list[float]:
