@@ -233,3 +233,19 @@ def test_ray_executor_on_a_local_instance(tiny_model_path, data_root, tmp_path):
     records = ResultStore(tmp_path / "out" / "results.db").records()
     assert len(records) == len(nodes) == 7  # dense, 2 omp_after, 2 lth rounds, 2 random_before
     assert set(run_ray(expand(spec)).values()) == {"done"}
+
+
+def test_the_equal_budget_dense_control_retrains_the_dense_model_once(tiny_model_path, data_root, tmp_path):
+    import json
+
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    methods=["dense_retrain", "omp_after"])))
+    nodes = expand(spec)
+    by_label = {n.label.split(": ", 1)[1]: n for n in nodes}
+    assert sorted(by_label) == ["dense", "dense_retrain", "omp_after @ 0.200", "omp_after @ 0.360"]
+    assert by_label["dense_retrain"].deps == (by_label["dense"].id,)
+    assert set(run_local(nodes).values()) == {"ran"}
+    dense, control = (json.loads(by_label[k].result_path().read_text()) for k in ("dense", "dense_retrain"))
+    assert control["target_sparsity"] == 0.0 and control["achieved_sparsity"] < 1e-4  # (padding rows are zero)
+    assert control["steps"] == dense["steps"] == 3  # a second full schedule: the After methods' total budget
+    assert control["run_id"] != dense["run_id"]

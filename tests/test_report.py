@@ -190,3 +190,18 @@ def test_with_one_dense_seed_the_tolerance_is_the_metrics_own():
     mean, tolerance, how = analysis.dense_reference(dense, bleu)
     assert tolerance == 1.0 and "absolute 1" in how
     assert analysis.failing_sparsity([analysis.Point(0.2, 0.32, 0, 1)], mean, tolerance, bleu) == (0.2, None)
+
+
+def test_a_dense_control_is_shown_beside_dense_and_never_judged(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    for r in (rec("dense", 0.0, 0.40), rec("dense_retrain", 0.0, 0.46), rec("omp_after", 0.2, 0.45),
+              rec("omp_after", 0.36, 0.30)):
+        store.append(r)
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    across = md.split("## Across tasks: first failing sparsity")[1].split("## ")[0]
+    assert "| dense (accuracy) | 0.400 |" in across
+    assert "| dense_retrain (dense control) | 0.460 |" in across
+    assert "| omp_after | 0.360 |" in across  # judged against dense, not against the control
+    assert not any(line.startswith("| dense_retrain |") for line in md.splitlines())
+    assert "dense 0.400; dense_retrain 0.460 (a dense control, not judged)" in md

@@ -201,3 +201,48 @@ def test_the_real_files_are_aligned_and_flores_is_multiway():
         train, dev = parallel(SHARED, lang)
         assert train and dev
         assert len(flores_pairs(SHARED, lang)) == 1012
+
+
+def test_the_tatoeba_test_drops_every_pair_seen_in_training_or_dev_text(tmp_path):
+    from smcbench.tasks.translation.data import TATOEBA, seen_lines, tatoeba_test
+
+    root = make_translation_data(tmp_path)
+    train, dev = parallel(root, "fr")
+    zh_train, _ = parallel(root, "zh")
+    folder = root / "translation" / "tatoeba" / "eng-fra"
+    folder.mkdir(parents=True)
+    pairs = [("Bonjour tout le monde.", "Hello everyone."),  # new
+             (train[0].xx.upper(), "Something new."),  # French side seen in training (case aside)
+             ("Une phrase neuve.", dev[1].en),  # English side seen in fr dev
+             ("Encore une phrase.", "  " + zh_train[2].en),  # English side seen in another language's training
+             ("Bonjour tout le monde.", "Hello everyone."),  # the same pair again
+             ("Au revoir.", "Goodbye.")]  # new
+    (folder / f"{TATOEBA}.fra").write_text("\n".join(p[0] for p in pairs) + "\n")
+    (folder / f"{TATOEBA}.eng").write_text("\n".join(p[1] for p in pairs) + "\n")
+    test = tatoeba_test(root, "fr", seen_lines(root, ("fr", "zh")))
+    assert (test.total, test.removed) == (6, 4)
+    assert [(p.xx, p.en) for p in test.pairs] == [pairs[0], pairs[5]]
+
+
+def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root, mbart_path, tmp_path):
+    from smcbench.tasks.translation.data import TATOEBA
+
+    for lang, iso, folder in (("fr", "fra", "eng-fra"), ("cs", "ces", "ces-eng")):
+        path = data_root / "translation" / "tatoeba" / folder
+        path.mkdir(parents=True, exist_ok=True)
+        english = ["the red house", "a small blue bird", "the red house", "green trees grow"]
+        (path / f"{TATOEBA}.{iso}").write_text("\n".join(synthetic_translation(lang, e) for e in english) + "\n")
+        (path / f"{TATOEBA}.eng").write_text("\n".join(english) + "\n")
+    spec = TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=8, val_size=4, eval_size=2,
+                    max_length=12, options={"beam": 1, "test": "tatoeba"})
+    [r] = execute(RunRequest(spec, "dense", [], TrainConfig(lr=1e-3, batch_size=8, max_steps=1), {}, tmp_path,
+                             progress=False))
+    m = r["metrics"]
+    assert sorted(k for k in m if k.startswith("bleu_") and k.count("_") == 1 and "-" in k) == [
+        "bleu_cs-en", "bleu_en-cs", "bleu_en-fr", "bleu_fr-en"]
+    assert m["eval_examples"] == 8  # two pairs (of three distinct) per trained direction
+    assert m["bleu"] == pytest.approx(sum(m[f"bleu_{d}"] for d in ("cs-en", "en-cs", "en-fr", "fr-en")) / 4)
+    assert len([k for k in m if k.startswith("bleu_flores_") and k.count("-") == 1]) == 20
+    assert r["data"]["tatoeba"] == {"fr": {"pairs": 4, "removed": 1, "kept": 3},
+                                    "cs": {"pairs": 4, "removed": 1, "kept": 3}}
+    assert r["metric"]["secondary"] == ["chrf", "bleu_flores"]

@@ -15,6 +15,7 @@ from smcbench.methods.base import (
     SelectionSettings,
     SparseSettings,
     get_method,
+    is_reference,
     is_sparse,
     load_plugins,
     method_settings,
@@ -28,5 +29,5 @@ except SmcBenchError as err:  # a clash: said by the CLI as one line, raised by 
     PLUGIN_CLASH.append(str(err))
 
 __all__ = ["DENSE", "METHODS", "PLUGIN_CLASH", "Experiment", "GradualPruning", "MaskEnforcer", "Method",
-           "NoSettings", "Outcome", "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_sparse",
-           "load_plugins", "method_settings", "register_method"]
+           "NoSettings", "Outcome", "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_reference",
+           "is_sparse", "load_plugins", "method_settings", "register_method"]

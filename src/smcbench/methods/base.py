@@ -102,7 +102,11 @@ class Method(ABC):
 
     name: ClassVar[str]
     settings: ClassVar[type[Settings]] = NoSettings
-    sparse: ClassVar[bool] = True  # False: the dense reference itself
+    sparse: ClassVar[bool] = True  # False: its runs are dense (the reference, or a dense control)
+    # The dense reference every sparse run is compared with (one per task configuration, trained once). A method
+    # neither sparse nor the reference is a dense control: one run at sparsity 0, shown beside the reference in
+    # the report and never judged (e.g. the equal-budget control of the After methods).
+    reference: ClassVar[bool] = False
     needs_dense: ClassVar[bool] = False  # starts from the dense fine-tune, which the runner trains once and shares
     chained: ClassVar[bool] = False  # one run reaches its levels in a chain, each from the one before (LTH)
     # Later runs start from this run's trained weights (the dense fine-tune; a chain's latest level), so the
@@ -214,6 +218,11 @@ def is_sparse(name: str, target_sparsity: float = 1.0) -> bool:
     """Whether the runs of method `name` are sparse (compared with the dense reference). A method no longer
     registered is judged by its target sparsity."""
     return METHODS[name].sparse if name in METHODS else target_sparsity > 0
+
+
+def is_reference(name: str) -> bool:
+    """Whether method `name`'s runs are the dense reference (a method no longer registered: the name `dense`)."""
+    return METHODS[name].reference if name in METHODS else name == DENSE
 
 
 def known_settings() -> set[str]:

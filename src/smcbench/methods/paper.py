@@ -133,12 +133,32 @@ def retrain(exp: Experiment, model: nn.Module, sp: Sparsifier, sparsity: float, 
 class Dense(Method):
     name = DENSE
     sparse = False
+    reference = True
     weights_reused = True  # every After method and kd teacher starts from it
     summary = "fine-tune from θ0 (pretrained weights + a seeded head)"
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         model = exp.initial_model()
         yield Outcome(0.0, model, None, exp.fine_tune(model, [], "dense"))
+
+
+@register_method
+class DenseRetrain(Method):
+    """The After methods' equal-budget control: the dense fine-tune trained again with a second full schedule from
+    its own weights, never pruned. OMP (After) is this with a mask; where OMP (After) beats dense but not this
+    control, the gain is more training of an under-trained model, not pruning."""
+
+    name = "dense_retrain"
+    sparse = False
+    needs_dense = True
+    summary = "equal-budget control: the dense fine-tune retrained with a second full schedule, never pruned"
+
+    def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
+        return [0.0]  # one dense run, whatever levels the grid lists
+
+    def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
+        model = exp.dense_model()
+        yield Outcome(0.0, model, None, exp.fine_tune(model, [], "dense_retrain"))
 
 
 class OneShotSettings(SparseSettings):

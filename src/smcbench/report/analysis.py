@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from smcbench.methods import is_sparse
+from smcbench.methods import is_reference, is_sparse
 from smcbench.metrics import Metric
 
 ACCURACY = Metric("accuracy", tolerance=0.01)
@@ -91,11 +91,23 @@ def method_curves(records: Iterable[dict]) -> tuple[list[dict], dict[str, list[P
     first dense variant is the reference (several: e.g. a model pretrained here vs from random weights)."""
     rows = with_variants(records)
     by_method = curves(rows)
-    references = sorted({r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])})
+    references = reference_variants(rows)
     dense = by_method.pop(references[0]) if references else None
-    for other in references[1:]:
-        by_method.pop(other)
+    for other in {r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])} - {*references[:1]}:
+        by_method.pop(other)  # another reference, or a dense control: shown beside dense, never judged
     return rows, by_method, dense
+
+
+def reference_variants(rows: list[dict]) -> list[str]:
+    """The dense reference's variants (`with_variants` rows), the one compared with first."""
+    return sorted({r["variant"] for r in rows if is_reference(r["method"])})
+
+
+def controls(rows: list[dict]) -> dict[str, Point]:
+    """The dense controls (runs of dense methods other than the reference, e.g. the equal-budget control of the
+    After methods) by variant: mean over seeds and folds."""
+    kept = [r for r in rows if not is_sparse(r["method"], r["target_sparsity"]) and not is_reference(r["method"])]
+    return {variant: points[0] for variant, points in curves(kept).items()}
 
 
 def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float | None, str]:

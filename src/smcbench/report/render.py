@@ -149,7 +149,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     rows, by_method, dense = analysis.method_curves(rows)
     _data_notes(report, label, rows)
     _method_notes(report, label, rows)
-    _curves(report, label, slug, metric, by_method, dense)
+    _curves(report, label, slug, metric, by_method, dense, analysis.controls(rows))
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
     if dense and by_method:  # a group with only its dense run has nothing to fail
@@ -210,8 +210,8 @@ def _direction(metric: Metric) -> str:
 
 
 def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
-            dense: list[analysis.Point] | None) -> None:
-    """The metric vs sparsity per method: a figure and a table."""
+            dense: list[analysis.Point] | None, controls: dict[str, analysis.Point]) -> None:
+    """The metric vs sparsity per method: a figure and a table; dense and its controls as lines."""
     name = metric.name
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(by_method.items()):
@@ -219,6 +219,8 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
                     marker="o", capsize=3, label=method)
     if dense:
         ax.axhline(dense[0].mean, color="black", label="dense")
+    for (name, point), style in zip(sorted(controls.items()), (":", "-.", (0, (5, 1))), strict=False):
+        ax.axhline(point.mean, color="black", linestyle=style, label=f"{name} (dense control)")
     if metric.chance is not None:
         ax.axhline(metric.chance, color="gray", linestyle="--", label="chance")
     ax.set_xlabel("sparsity")
@@ -228,6 +230,7 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
     report.figure(fig, f"curves-{slug}", f"{name.capitalize()} vs sparsity: {label}")
 
     head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
+    head += "".join(f"; {name} {p.mean:.3f} (a dense control, not judged)" for name, p in sorted(controls.items()))
     chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
     report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
                             + _table(by_method)))

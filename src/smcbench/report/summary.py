@@ -27,6 +27,7 @@ class TaskSummary:
     failing: dict[str, float | None]  # method variant → first failing level (None: never, up to its highest)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # paired rule: the failing level's
     rules: dict[str, str] = field(default_factory=dict)  # method variant → the rule that judged it
+    controls: dict[str, float] = field(default_factory=dict)  # dense control variant → its score
 
 
 def summarise(label: str, judged: GroupVerdicts) -> TaskSummary:
@@ -36,7 +37,7 @@ def summarise(label: str, judged: GroupVerdicts) -> TaskSummary:
     return TaskSummary(label, judged.metric, judged.dense, {m: v.highest for m, v in methods.items()},
                        {m: v.failing for m, v in judged_methods.items()},
                        {m: v.interval for m, v in judged_methods.items() if v.interval is not None},
-                       {m: v.rule for m, v in judged_methods.items()})
+                       {m: v.rule for m, v in judged_methods.items()}, dict(judged.controls))
 
 
 def summary_table(summaries: list[TaskSummary]) -> str:
@@ -49,6 +50,9 @@ def summary_table(summaries: list[TaskSummary]) -> str:
     chance = ["-" if s.metric.chance is None else f"{s.metric.chance:g}" for s in summaries]
     lines.append("| dense (" + "/".join(sorted({s.metric.name for s in summaries})) + ") | " + " | ".join(dense)
                  + " |")
+    for control in sorted({c for s in summaries for c in s.controls}):  # e.g. dense for the After methods' budget
+        scores = [f"{s.controls[control]:.3f}" if control in s.controls else "" for s in summaries]
+        lines.append(f"| {control.replace('|', chr(92) + '|')} (dense control) | " + " | ".join(scores) + " |")
     lines.append("| chance | " + " | ".join(chance) + " |")
     for m in methods:
         cells = []

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from smcbench import outcomes
-from smcbench.methods import is_sparse
+from smcbench.methods import is_reference
 from smcbench.metrics import Metric
 from smcbench.outcomes import Outcomes
 from smcbench.report import analysis, significance
@@ -48,6 +48,7 @@ class GroupVerdicts:
     dense: float | None
     methods: dict[str, MethodVerdict] = field(default_factory=dict)
     describe: dict[str, str] = field(default_factory=dict)  # example id → what it is (the dense run's texts)
+    controls: dict[str, float] = field(default_factory=dict)  # dense control variant → its mean (never judged)
 
 
 _CACHE: dict[tuple[str, int], Outcomes] = {}  # (path, modification time): each file read once per report
@@ -68,11 +69,12 @@ def judge(rows: list[dict], rule: Rule = "paired", resamples: int | None = None)
     analysis.method_curves: each with its `variant`)."""
     metric = Metric.of(rows[-1])
     _, by_method, dense_points = analysis.method_curves(rows)
-    out = GroupVerdicts(rule, metric, dense_points[0].mean if dense_points else None)
+    out = GroupVerdicts(rule, metric, dense_points[0].mean if dense_points else None,
+                        controls={v: p.mean for v, p in analysis.controls(rows).items()})
     if not dense_points:
         return out
     mean, tolerance, _ = analysis.dense_reference(dense_points, metric)
-    references = sorted({r["variant"] for r in rows if not is_sparse(r["method"], r["target_sparsity"])})
+    references = analysis.reference_variants(rows)
     dense_runs = {(r["seed"], r.get("fold")): r for r in rows if r["variant"] == references[0]}
     for r in dense_runs.values():
         o = _outcomes(r)
@@ -126,7 +128,7 @@ def lost_examples(rows: list[dict], variant: str, level: float, describe: dict[s
     """Up to `count` examples the dense run gets right and `variant`'s run at `level` gets wrong (first seed), as
     a reader sees them (binary outcomes)."""
     runs = [r for r in rows if r["variant"] == variant and abs(r["target_sparsity"] - level) < 1e-6]
-    dense = [r for r in rows if not is_sparse(r["method"], r["target_sparsity"])]
+    dense = [r for r in rows if is_reference(r["method"])]
     for r in sorted(runs, key=lambda x: (x["seed"], x.get("fold") or 0)):
         ref = next((d for d in dense if d["seed"] == r["seed"] and d.get("fold") == r.get("fold")), None)
         d, s = (_outcomes(ref), _outcomes(r)) if ref else (None, None)

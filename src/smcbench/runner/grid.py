@@ -46,7 +46,7 @@ class Node:
     def result_paths(self) -> list[Path]:
         """The result.json of each run the node makes (several levels for a method that shares them)."""
         r = self.request
-        if not get_method(r.method).sparse:
+        if get_method(r.method).reference:
             return [dense_dir(r) / "result.json"]
         return [run_dir(r, r.run_config(s)) / "result.json" for s in r.sparsities]
 
@@ -92,10 +92,10 @@ def _expand_part(spec: GridSpec, out: Path, keep: str, log: str | None) -> list[
             where = f"{entry.task} {model} seed {seed}" + ("" if fold is None else f" fold {fold}")
             dense = RunRequest(task, DENSE, [], cfg, {}, out, False, keep, log)
             dense_id = config_id(dense.dense_config())
-            if any(not m.sparse or needs for (m, _, _), needs in zip(entries, needs_dense, strict=True)):
+            if any(m.reference or needs for (m, _, _), needs in zip(entries, needs_dense, strict=True)):
                 nodes.append(Node(dense_id, f"{where}: {DENSE}", dense, ()))
             for (method, settings, own), method_levels, needs in zip(entries, levels, needs_dense, strict=True):
-                if not method.sparse:
+                if method.reference:
                     continue
                 # A variant shows its own settings.
                 name = method.name + (f" ({', '.join(f'{k}={v}' for k, v in own.items())})" if own else "")
@@ -120,7 +120,8 @@ def _expand_part(spec: GridSpec, out: Path, keep: str, log: str | None) -> list[
                     req = RunRequest(task, method.name, [s], cfg, settings, out, False, keep, log)
                     deps = start + tuple(_source_node(nodes, req, source, s, where, dense)
                                          for source in method.sources(req.settings))
-                    nodes.append(Node(config_id(req.run_config(s)), f"{where}: {name} @ {s:.3f}", req, deps))
+                    label = f"{where}: {name} @ {s:.3f}" if method.sparse else f"{where}: {name}"  # a dense control
+                    nodes.append(Node(config_id(req.run_config(s)), label, req, deps))
     return nodes
 
 
@@ -156,7 +157,7 @@ LOGS = "logs"  # OUT/logs/<node id>.log: a failed node's whole traceback
 def failure_log(request: RunRequest) -> Path:
     """Where a failed grid node's whole traceback is kept (the grid prints its last line)."""
     method = get_method(request.method)
-    config = request.dense_config() if not method.sparse else request.run_config(max(request.sparsities))
+    config = request.dense_config() if method.reference else request.run_config(max(request.sparsities))
     return request.out / LOGS / f"{config_id(config)}.log"
 
 

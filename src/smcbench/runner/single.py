@@ -192,7 +192,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if per_example is not None:  # what the paired verdicts need; the dense run keeps what each example is
-        outcomes.write(per_example if not get_method(config["method"]).sparse else per_example.without_texts(),
+        outcomes.write(per_example if get_method(config["method"]).reference else per_example.without_texts(),
                        tmp / outcomes.OUTCOMES)
     if outcome.sparsifier is not None:
         rows = layer_sparsity(outcome.sparsifier.masks)
@@ -227,6 +227,7 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "validation_best": result.best_metric,
         "best_step": result.best_step,
         "steps": result.steps,
+        "history": result.history,  # validation metric vs updates and examples: the budget sweeps read it
         "seed": request.spec.seed,
         "train_s": result.seconds,
         "wall_s": wall_s,
@@ -294,7 +295,7 @@ def execute(request: RunRequest) -> list[dict]:
     request.spec = resolve_spec(request.spec)
     method = get_method(request.method)
     task = get_task(request.spec)
-    if not method.sparse:
+    if method.reference:
         done = dense_dir(request) / "result.json"
         if not done.is_file():
             LocalExperiment(request, task).dense_model()

@@ -285,7 +285,7 @@ class _Loop:
         for cb in self.callbacks:
             cb.on_evaluate_end(state)
         selectable = all(cb.selectable(state) for cb in self.callbacks)
-        self.history.append({"step": state.step, "metric": metric, "selectable": selectable})
+        self.history.append({"step": state.step, "examples": self.seen, "metric": metric, "selectable": selectable})
         best = self.best
         improved = best is None or (metric > best["metric"] if self.maximize else metric < best["metric"])
         if not (selectable and improved):

@@ -83,6 +83,57 @@ def flores_pairs(root: Path, lang: str) -> list[Pair]:
     return read_aligned(folder / f"{ALL[lang].flores}.devtest", folder / f"{ALL['en'].flores}.devtest")
 
 
+TATOEBA = "tatoeba-test-v2021-08-07"
+
+
+def tatoeba_dir(lang: str) -> str:
+    """The Tatoeba test folder of `lang` with English: the two ISO 639-3 codes in alphabetical order."""
+    return "-".join(sorted((ALL[lang].flores.split("_")[0], "eng")))
+
+
+def has_tatoeba(root: Path, lang: str) -> bool:
+    return (root / "translation" / "tatoeba" / tatoeba_dir(lang)).is_dir()
+
+
+def _key(line: str) -> str:
+    """What counts as the same sentence when deduplicating: case, spacing and CJK word segmentation aside."""
+    return " ".join(detokenize_cjk(line).casefold().split())
+
+
+@dataclass(frozen=True)
+class InDomainTest:
+    pairs: list[Pair]
+    total: int  # pairs in the Tatoeba file
+    removed: int  # pairs dropped: a side seen in training or dev text, or the same pair again
+
+
+def tatoeba_test(root: Path, lang: str, seen: set[str]) -> InDomainTest:
+    """The Tatoeba test pairs of `lang` with English, deduplicated: a pair goes when either side (compared by
+    `_key`) is in `seen` (every training and dev line the model is fine-tuned or selected on) or repeats an
+    earlier test pair. Tatoeba's Chinese is the source of the Chinese training text, and Russian trains on its
+    Tatoeba file, so without this the "test" would hold training sentences."""
+    folder = root / "translation" / "tatoeba" / tatoeba_dir(lang)
+    iso = ALL[lang].flores.split("_")[0]
+    pairs = read_aligned(folder / f"{TATOEBA}.{iso}", folder / f"{TATOEBA}.eng")
+    kept, keys = [], set()
+    for p in pairs:
+        key = (_key(p.xx), _key(p.en))
+        if key[0] in seen or key[1] in seen or key in keys:
+            continue
+        keys.add(key)
+        kept.append(p)
+    return InDomainTest(kept, len(pairs), len(pairs) - len(kept))
+
+
+def seen_lines(root: Path, langs: tuple[str, ...]) -> set[str]:
+    """The `_key` of every training and dev line of `langs` (both sides): what an in-domain test must not hold."""
+    out: set[str] = set()
+    for lang in langs:
+        train, dev = parallel(root, lang)
+        out.update(_key(side) for p in (*train, *dev) for side in (p.xx, p.en))
+    return out
+
+
 def monolingual(root: Path, langs: tuple[str, ...]) -> dict[str, list[str]]:
     """The monolingual sides of the training files (never dev, FLORES-200 or Tatoeba text), per language,
     English from every pair once per line; Russian has none here (its only text is Tatoeba's)."""

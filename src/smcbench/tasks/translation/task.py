@@ -17,27 +17,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from smcbench import outcomes
+from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
 from smcbench.pretraining import model_provenance
 from smcbench.settings import Settings
 from smcbench.tasks.registry import TaskRun, TaskSpec, describe_family, register_task
 from smcbench.tasks.translation.bleu import corpus_score, sentence_statistics
-from smcbench.tasks.translation.data import Pair, flores_pairs, parallel
-from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, MIXES, direction_name
+from smcbench.tasks.translation.data import (
+    InDomainTest,
+    Pair,
+    flores_pairs,
+    has_tatoeba,
+    parallel,
+    seen_lines,
+    tatoeba_test,
+)
+from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, LANGUAGES, MIXES, direction_name
 from smcbench.tasks.translation.pretrain import TINY_NAME, ensure_tiny
 from smcbench.training import batched_outputs
 
 
 class TranslationOptions(Settings):
     beam: int = Field(4, ge=1, description="Beam size of generation (validation and evaluation).")
+    test: Literal["flores", "tatoeba"] = Field(
+        "flores", description="The test the verdicts use: flores (FLORES-200 devtest, 20 directions, the paper's) "
+        "or tatoeba (Tatoeba test of the trained directions, deduplicated against every training and dev line, "
+        "with FLORES-200 scored beside it as bleu_flores): a test a small model can score.")
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,14 @@ class TranslationRun(TaskRun):
         super().__init__(spec)
         self.name, self.mix = name, mix
         self.languages = MIXES[mix]
+        if self.options.test == "tatoeba":  # the trained directions' Tatoeba scores; FLORES-200's beside
+            self.metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf", "bleu_flores"),
+                                 tolerance=1.0, breakdown=(
+                                     "bleu_flores", "bleu_flores_trained",
+                                     *(f"bleu_{direction_name(s, t)}" for s, t in self._trained_directions())))
+
+    def _trained_directions(self) -> list[tuple[str, str]]:
+        return [d for lang in self.languages for d in ((lang, "en"), ("en", lang))]
 
     @cached_property
     def model_path(self) -> str:
@@ -121,6 +142,27 @@ class TranslationRun(TaskRun):
             out[(src, tgt)] = self._examples(pairs, lang, [(src, tgt)])
         return out
 
+    @cached_property
+    def _in_domain(self) -> dict[str, InDomainTest]:
+        """Per trained language with a Tatoeba test here: its pairs, deduplicated against the training and dev
+        text of every language (the pretraining corpus is drawn from it too)."""
+        seen = seen_lines(self.data_dir, tuple(LANGUAGES))
+        return {lang: tatoeba_test(self.data_dir, lang, seen) for lang in self.languages
+                if has_tatoeba(self.data_dir, lang)}
+
+    @cached_property
+    def _tatoeba(self) -> dict[tuple[str, str], list[Example]]:
+        out = {}
+        for lang, test in self._in_domain.items():
+            pairs = test.pairs[: self.spec.eval_size] if self.spec.eval_size is not None else test.pairs
+            for direction in ((lang, "en"), ("en", lang)):
+                if pairs:
+                    out[direction] = self._examples(pairs, lang, [direction])
+        if not out:
+            raise SmcBenchError(f"{self.name}: no Tatoeba test pairs are left for {', '.join(self.languages)} "
+                                "after deduplication against the training and dev text: use --option test=flores")
+        return out
+
     def train_examples(self) -> tuple[Sequence[Example], list[int]]:
         return self._train, [len(e.source_ids) + len(e.target_ids) for e in self._train]
 
@@ -174,39 +216,68 @@ class TranslationRun(TaskRun):
         return self.evaluate_outcomes(model)[0]
 
     def outcome_bytes(self, with_texts: bool) -> int:
-        # 20 directions of FLORES-200 devtest (1,012 sentences): ten statistics a sentence, the reference with text.
-        return len(EVAL_DIRECTIONS) * min(self.spec.eval_size or 1012, 1012) * (45 + (150 if with_texts else 0))
+        # 20 directions of FLORES-200 devtest (1,012 sentences), or the Tatoeba directions (~1,000 sentences each
+        # under a usual eval size): ten statistics a sentence, the reference with text.
+        directions = len(EVAL_DIRECTIONS) if self.options.test == "flores" else 2 * len(self.languages)
+        return directions * min(self.spec.eval_size or 1012, 1012) * (45 + (150 if with_texts else 0))
 
-    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
+    def _test_metrics(self, model: nn.Module, tests: dict[tuple[str, str], list[Example]],
+                      prefix: str = "") -> tuple[dict[str, float], dict[str, outcomes.Group]]:
+        """BLEU and chrF++ of each direction of `tests` and their means (overall, into and from English, trained
+        and untrained directions), each name after `bleu`/`chrf` prefixed; the per-sentence outcomes."""
         hypotheses: dict[tuple[str, str], list[str]] = {}
-        scores = self._scores(model, self._test, hypotheses)
-        out: dict[str, float] = {"bleu": statistics.fmean(s.bleu for s in scores.values()),
-                                 "chrf": statistics.fmean(s.chrf for s in scores.values())}
+        scores = self._scores(model, tests, hypotheses)
+        out: dict[str, float] = {f"bleu{prefix}": statistics.fmean(s.bleu for s in scores.values()),
+                                 f"chrf{prefix}": statistics.fmean(s.chrf for s in scores.values())}
         for side, chosen in (("into_en", [d for d in scores if d[1] == "en"]),
                              ("from_en", [d for d in scores if d[0] == "en"]),
                              ("trained", [d for d in scores if set(d) - {"en"} <= set(self.languages)]),
                              ("untrained", [d for d in scores if not set(d) - {"en"} <= set(self.languages)])):
             if chosen:
-                out[f"bleu_{side}"] = statistics.fmean(scores[d].bleu for d in chosen)
+                out[f"bleu{prefix}_{side}"] = statistics.fmean(scores[d].bleu for d in chosen)
         for (src, tgt), s in scores.items():
-            out[f"bleu_{direction_name(src, tgt)}"] = s.bleu
-            out[f"chrf_{direction_name(src, tgt)}"] = s.chrf
-        out["eval_examples"] = sum(len(v) for v in self._test.values())
+            out[f"bleu{prefix}_{direction_name(src, tgt)}"] = s.bleu
+            out[f"chrf{prefix}_{direction_name(src, tgt)}"] = s.chrf
         groups = {}
-        for (src, tgt), examples in self._test.items():  # FLORES-200 is multi-way: sentence k in every direction
+        for (src, tgt), examples in tests.items():  # FLORES-200 is multi-way: sentence k in every direction
             refs = [e.reference for e in examples]
             groups[direction_name(src, tgt)] = outcomes.Group(
                 [str(k) for k in range(len(examples))], sentence_statistics(hypotheses[(src, tgt)], refs, tgt),
                 texts=refs)
+        return out, groups
+
+    def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
+        if self.options.test == "flores":
+            out, groups = self._test_metrics(model, self._test)
+            out["eval_examples"] = sum(len(v) for v in self._test.values())
+        else:
+            out, groups = self._test_metrics(model, self._tatoeba)
+            out["eval_examples"] = sum(len(v) for v in self._tatoeba.values())
+            flores, _ = self._test_metrics(model, self._test, "_flores")
+            out.update(flores)
         return out, outcomes.Outcomes("bleu", groups, {"smooth_method": "exp", "effective_order": False})
 
     def data_provenance(self) -> dict[str, Any]:
         import sacrebleu
 
-        return {"train_languages": list(self.languages), "evaluation": "FLORES-200 devtest, 20 directions",
-                "bleu_tokenize": {lang: ALL[lang].bleu_tokenize for lang in ALL}, "sacrebleu": sacrebleu.__version__,
-                "notes": [f"BLEU: sacrebleu {sacrebleu.__version__}, tokenizer per target language (13a; zh; "
-                          "ja-mecab; character level for Burmese and Gujarati); chrF++ beside it."]}
+        notes = [f"BLEU: sacrebleu {sacrebleu.__version__}, tokenizer per target language (13a; zh; ja-mecab; "
+                 "character level for Burmese and Gujarati); chrF++ beside it."]
+        data: dict[str, Any] = {"train_languages": list(self.languages),
+                                "evaluation": "FLORES-200 devtest, 20 directions",
+                                "bleu_tokenize": {lang: ALL[lang].bleu_tokenize for lang in ALL},
+                                "sacrebleu": sacrebleu.__version__, "notes": notes}
+        if self.options.test == "tatoeba":
+            tests = self._in_domain
+            data["evaluation"] = "Tatoeba test v2021-08-07, trained directions; FLORES-200 devtest beside (bleu_flores)"
+            data["tatoeba"] = {lang: {"pairs": t.total, "removed": t.removed, "kept": len(t.pairs)}
+                               for lang, t in tests.items()}
+            removed = ", ".join(f"{lang} {t.removed:,} of {t.total:,}" for lang, t in tests.items())
+            missing = [lang for lang in self.languages if lang not in tests]
+            notes.append(f"Test: Tatoeba (v2021-08-07) of the trained directions, in domain for the small model; "
+                         f"pairs with a side seen in any training or dev text, or repeated, removed ({removed})"
+                         + (f"; no Tatoeba test for {', '.join(missing)}" if missing else "")
+                         + ". FLORES-200 devtest (the paper's test) is scored beside it as bleu_flores.")
+        return data
 
     def train_defaults(self) -> dict[str, Any]:
         if self.spec.model == TINY_NAME:  # sized for a laptop CPU (see the README)
