@@ -1,5 +1,6 @@
 """The protein family end to end on tiny folds in the HotProtein formats, with tiny ESM models."""
 
+import importlib.util
 import json
 
 import pytest
@@ -199,3 +200,51 @@ def test_pretrain_command_builds_the_corpus_of_the_chosen_task(single_split_root
                               "--exclude-folds", "1", "--data-dir", str(single_split_root), "--out", str(out)],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "has no folds" in refused.stderr
+
+
+def test_antiberty_converts_from_its_package_files_and_says_its_domain(protein_root, tmp_path, monkeypatch):
+    """A stand-in for the PyPI package's files (same layout, a small BERT with AntiBERTy's heads): the encoder and
+    masked-LM head are kept exactly, the species head is dropped, and every run's data notes state the domain."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from smcbench.tasks.protein import antiberty
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"ACDEFGHIKLMNPQRSTVWY"]
+    config = {"model_type": "bert", "architectures": ["AntiBERTy"], "vocab_size": 25, "hidden_size": 16,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+              "max_position_embeddings": 64, "type_vocab_size": 2, "pad_token_id": 0}
+    torch.manual_seed(5)
+    released = BertForMaskedLM(BertConfig(**config))
+    state = {**released.state_dict(), "cls.species.weight": torch.zeros(6, 16), "cls.species.bias": torch.zeros(6)}
+    files = (tmp_path / "pkg" / "pytorch_model.bin", tmp_path / "pkg" / "config.json", tmp_path / "pkg" / "vocab.txt")
+    files[0].parent.mkdir()
+    torch.save(state, files[0])
+    files[1].write_text(json.dumps(config))
+    files[2].write_text("\n".join(vocab) + "\n")
+    monkeypatch.setattr(antiberty, "package_files", lambda: files)
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    task = get_task(spec(protein_root, "antiberty"))
+    assert task.train_defaults()["lr"] == 1e-4  # a BERT: TAPE's fine-tuning setting
+    ours = dict(task.initial_model().backbone.named_parameters())
+    for name, value in released.bert.named_parameters():
+        assert torch.equal(ours[name], value), name
+    train, _ = task.train_examples()
+    batch = task.collate(list(train[:2]))
+    assert batch["input_ids"][0, 0] == 2 and (batch["input_ids"][0, 1:5] >= 5).all()  # [CLS], then residues
+    assert task.max_residues == 62  # 64 positions less [CLS] and [SEP]
+    [r] = execute(RunRequest(spec(protein_root, "antiberty"), "gmp", [0.5], TrainConfig(lr=1e-3, batch_size=4,
+                             max_steps=2), {}, tmp_path / "runs", progress=False))
+    assert antiberty.DOMAIN_NOTE in r["data"]["notes"]
+    assert r["model_source"]["pretraining"]["model"] == "antiberty"
+    assert_exact_sparsity(r, "gmp")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("antiberty") is None,
+                    reason="antiberty is not installed (make setup: pip install --no-deps antiberty==0.1.3)")
+def test_the_installed_antiberty_package_has_the_published_model():
+    from smcbench.tasks.protein import antiberty
+
+    checkpoint, config, vocab = antiberty.package_files()
+    assert json.loads(config.read_text())["num_hidden_layers"] == 8 and len(vocab.read_text().split()) == 25
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert sum(v.numel() for k, v in state.items() if not k.endswith("position_ids")) > 25_000_000

@@ -154,7 +154,10 @@ def check_held_out(folder: Path, test_sequences: list[str], what: str, remedy: s
     record = folder / RECORD
     if not record.is_file():
         return  # not pretrained by smc-bench: its provenance is the hub id or folder
-    held_out = set(json.loads(record.read_text())["held_out_sequences"])
+    held = json.loads(record.read_text()).get("held_out_sequences")
+    if held is None:
+        return  # pretrained elsewhere (AntiBERTy: antibodies only): its record names the corpus
+    held_out = set(held)
     leaked = [s for s in test_sequences if sequence_key(s) not in held_out]
     if leaked:
         raise SmcBenchError(f"{folder}: this model was pretrained on {len(leaked)} test sequence(s) of {what}; "

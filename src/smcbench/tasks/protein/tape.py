@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from smcbench.errors import SmcBenchError
+from smcbench.tasks.protein.bert import load_tensors, save_bert
 
 # TAPE's IUPAC vocabulary, in its order (tape/tokenizers.py): five specials, then 25 residue letters.
 TAPE_VOCAB = ("<pad>", "<mask>", "<cls>", "<sep>", "<unk>", *"ABCDEFGHIKLMNOPQRSTUVWXYZ")
@@ -26,13 +26,8 @@ TAPE_CONFIG: dict[str, Any] = {"vocab_size": len(TAPE_VOCAB), "hidden_size": 768
                                "layer_norm_eps": 1e-12, "pad_token_id": 0}
 
 
-def _save_tokenizer(out: Path) -> None:
-    from transformers import BertTokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(TAPE_VOCAB) + "\n")
-    BertTokenizer(str(out / "vocab.txt"), do_lower_case=False, tokenize_chinese_chars=False, cls_token="<cls>",
-                  sep_token="<sep>", pad_token="<pad>", mask_token="<mask>", unk_token="<unk>").save_pretrained(out)
+TAPE_SPECIALS = {"cls_token": "<cls>", "sep_token": "<sep>", "pad_token": "<pad>", "mask_token": "<mask>",
+                 "unk_token": "<unk>"}
 
 
 def build_tape(out: Path, seed: int = 0, **shape: Any) -> Path:
@@ -40,31 +35,12 @@ def build_tape(out: Path, seed: int = 0, **shape: Any) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    BertModel(BertConfig(**{**TAPE_CONFIG, **shape}), add_pooling_layer=False).save_pretrained(out)
-    _save_tokenizer(out)
-    return out
+    state = {f"bert.{k}": v for k, v in BertModel(BertConfig(**{**TAPE_CONFIG, **shape}),
+                                                   add_pooling_layer=False).state_dict().items()}
+    return save_bert(state, {**TAPE_CONFIG, **shape}, TAPE_VOCAB, TAPE_SPECIALS, out, "TAPE (random weights)")
 
 
 def convert_tape(checkpoint: Path, out: Path, **shape: Any) -> Path:
-    """TAPE's `pytorch_model.bin` (or a folder holding it) → a BertModel folder with TAPE's tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    path = checkpoint / "pytorch_model.bin" if checkpoint.is_dir() else checkpoint
-    if not path.is_file():
-        raise SmcBenchError(f"no TAPE checkpoint at {str(path)!r}: give TAPE's pytorch_model.bin or its folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any unreadable or non-tensor pickle: one clear line)
-        raise SmcBenchError(f"{path}: not a tensors-only PyTorch checkpoint ({type(err).__name__})") from err
-    weights = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.") and ".pooler." not in k}
-    if not weights:
-        raise SmcBenchError(f"{path}: no `bert.` weights: not a TAPE transformer checkpoint")
-    model = BertModel(BertConfig(**{**TAPE_CONFIG, **shape}), add_pooling_layer=False)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not m.endswith("position_ids")]
-    if missing or unexpected:
-        raise SmcBenchError(f"{path}: does not fit TAPE's transformer: missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}")
-    model.save_pretrained(out)
-    _save_tokenizer(out)
-    return out
+    """TAPE's `pytorch_model.bin` (or a folder holding it) → a BERT folder with TAPE's tokenizer."""
+    return save_bert(load_tensors(checkpoint), {**TAPE_CONFIG, **shape}, TAPE_VOCAB, TAPE_SPECIALS, out,
+                     f"{checkpoint} (TAPE transformer)")

@@ -2,8 +2,8 @@
 (five classes, one split); Meltome (FLIP splits, classes by melting temperature).
 
 `--model`: a folder or hub id of an ESM model in `transformers` format (facebook/esm1b_t33_650M_UR50S as the paper,
-any ESM-2), a TAPE transformer folder (tasks.protein.tape), or `esm-tiny`. Per-residue features are mean-pooled
-over the real residues and fed to a classification head.
+any ESM-2), a TAPE transformer folder (tasks.protein.tape), `antiberty` (tasks.protein.antiberty) or `esm-tiny`.
+Per-residue features are mean-pooled over the real residues and fed to a classification head.
 Sequences longer than the model's maximum (ESM-1b: 1,022 residues) are cut, and the result counts the cuts.
 Metric: accuracy; macro-F1 beside it. Model selection on a validation split carved from the training fold.
 """
@@ -27,8 +27,10 @@ from smcbench import outcomes
 from smcbench.errors import SmcBenchError
 from smcbench.metrics import Metric
 from smcbench.models import load_pretrained, load_tokenizer
-from smcbench.pretraining import PretrainRequest, model_provenance, register_pretrainer
+from smcbench.pretraining import RECORD, PretrainRequest, model_provenance, register_pretrainer
 from smcbench.settings import Settings
+from smcbench.tasks.protein import antiberty
+from smcbench.tasks.protein.antiberty import ANTIBERTY_NAME
 from smcbench.tasks.protein.data import (
     HP_S_CLASSES,
     MELTOME_SPLITS,
@@ -137,6 +139,8 @@ class ProteinRun(TaskRun):
     def model_path(self) -> str:
         """The model's folder or hub id; `esm-tiny` is pretrained here (once, cached) with the evaluation split
         held out."""
+        if self.spec.model == ANTIBERTY_NAME:
+            return str(antiberty.ensure())
         if self.spec.model != TINY_NAME:
             return self.spec.model
         return str(ensure_tiny(self.tiny_corpus_name(), self.tiny_corpus))
@@ -144,6 +148,13 @@ class ProteinRun(TaskRun):
     @cached_property
     def tokenizer(self):
         return load_tokenizer(self.model_path)
+
+    def run_provenance(self) -> dict[str, Any]:
+        """The data notes, plus what the model's record says a reader must know of its domain (AntiBERTy)."""
+        data = super().run_provenance()
+        record = Path(self.model_path) / RECORD
+        notes = json.loads(record.read_text()).get("domain_notes", []) if record.is_file() else []
+        return {**data, "notes": [*data.get("notes", []), *notes]} if notes else data
 
     def provenance(self) -> dict[str, Any]:
         if not Path(self.model_path).is_dir():
@@ -219,6 +230,8 @@ class ProteinRun(TaskRun):
         run of the paper's grid works offline)."""
         if self.spec.model == TINY_NAME:
             return "esm"
+        if self.spec.model == ANTIBERTY_NAME:
+            return "bert"
         config = Path(self.spec.model) / "config.json"
         if config.is_file():
             return json.loads(config.read_text()).get("model_type", "")
@@ -287,7 +300,8 @@ class HotProteinFoldRun(ProteinRun):
         return f"fold {k}", f"pretrain one that holds fold {k} out (smc-bench pretrain esm-tiny --exclude-folds {k})"
 
 
-describe_family("protein", "esm-tiny (default, pretrained here), an ESM or TAPE folder or hub id")
+describe_family("protein", "esm-tiny (default, pretrained here), antiberty (AntiBERTy from PyPI, antibodies only), "
+                "an ESM or TAPE folder or hub id")
 
 
 @register_task("protein/hp-s2c2", default_model="esm-tiny", folds=S2C2_FOLDS, options=ProteinOptions)
