@@ -174,7 +174,8 @@ def test_paper_all_plans_every_family_and_selects_parts(capsys):
     assert [name for name, _ in spec.included(["protein"])] == ["protein"]
     from typer.testing import CliRunner
 
-    out = CliRunner().invoke(app, ["grid", "paper-all", "--dry-run", "--part", "translation", "--part", "arithmetic"])
+    out = CliRunner().invoke(app, ["grid", "paper-all", "--dry-run", "--no-measure", "--part", "translation",
+                                 "--part", "arithmetic"])
     assert out.exit_code == 0, out.output
     assert "arithmetic (paper-arithmetic): " in out.output and "translation (paper-translation): " in out.output
     assert "paper-all, all 2 parts:" in out.output and "paper-protein" not in out.output
@@ -249,3 +250,35 @@ def test_the_equal_budget_dense_control_retrains_the_dense_model_once(tiny_model
     assert control["target_sparsity"] == 0.0 and control["achieved_sparsity"] < 1e-4  # (padding rows are zero)
     assert control["steps"] == dense["steps"] == 3  # a second full schedule: the After methods' total budget
     assert control["run_id"] != dense["run_id"]
+
+
+def test_the_dry_run_predicts_time_from_a_probe_then_from_finished_runs_of_the_same_kind(
+        tiny_model_path, data_root, tmp_path, monkeypatch):
+    import json
+    import math
+    import statistics
+
+    from smcbench.runner.timing import predict, probes_file
+
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                    methods=["dense", "omp_after"])))
+    nodes = expand(spec)
+    said = []
+    before = predict(nodes, said.append, measure_missing=False)
+    assert {e.source for e in before.values()} == {"unknown"}  # nothing measured, nothing finished
+    first = predict(nodes, said.append)
+    assert {e.source for e in first.values()} == {"probe"} and all(e.seconds > 0 for e in first.values())
+    assert sum("measuring commonsense/csqa" in s for s in said) == 1  # one task configuration, probed once
+    assert len(json.loads(probes_file().read_text())) == 1
+    run_local(nodes)
+    assert all(e.seconds == 0 for e in predict(nodes, said.append).values())  # done
+    # Another seed: the same kinds of run, timed by the finished ones (their recorded wall time, per level).
+    other = expand(load_spec(str(write_spec(tmp_path / "s1.yaml", tiny_model_path, data_root, tmp_path / "out",
+                                            methods=["dense", "omp_after"], seeds=[1]))))
+    records = ResultStore(tmp_path / "out" / "results.db").records()
+    predicted = predict(other, said.append, measure_missing=False)
+    for node in other:
+        runs = [r["wall_s"] for r in records if r["method"] == node.request.method]
+        assert predicted[node.id].source == "runs"
+        assert math.isclose(predicted[node.id].seconds, statistics.median(runs))  # omp_after: either level's

@@ -296,6 +296,9 @@ def grid(
                                    "wandb (default: the spec's log, else none)."),
     part: list[str] | None = typer.Option(None, help="A spec that includes others (paper-all): run only this "
                                           "part (repeatable), e.g. --part protein."),
+    measure: bool = typer.Option(True, help="--dry-run: time a few updates, a validation and an evaluation of "
+                                 "each task configuration not yet measured on this machine (cached), to predict "
+                                 "the grid's time; --no-measure: only what finished runs and the cache know."),
 ) -> None:
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
     from smcbench.runner.grid import drop_all_weights, expand, run_local, run_ray
@@ -325,10 +328,10 @@ def grid(
     nodes = [n for _, part_nodes, _ in plans for n in part_nodes]
     policy = keep_weights or grid_spec.keep_weights
     if dry_run:
-        for name, part_nodes, part_policy in plans:
-            print_plan(name, part_nodes, part_policy)
+        seconds = [print_plan(name, part_nodes, part_policy, workers, measure)
+                   for name, part_nodes, part_policy in plans]
         if len(plans) > 1:
-            print_total(grid_spec.name, plans)
+            print_total(grid_spec.name, plans, sum(seconds), workers)
         return
     if executor == "ray":
         status = run_ray(nodes, address, cpus_per_run, gpus_per_run, print_progress)
@@ -347,31 +350,41 @@ def grid(
         sys.exit(1)
 
 
-def print_total(name: str, plans: list) -> None:
+def print_total(name: str, plans: list, seconds: float, workers: int) -> None:
     """The dry run of a spec that includes others: the totals over its parts."""
     from smcbench.runner.disk import estimate, human
+    from smcbench.runner.timing import human_time
 
     runs = sum(len(nodes) for _, nodes, _ in plans)
     done = sum(n.done() for _, nodes, _ in plans for n in nodes)
     disk = sum(d.total for _, nodes, policy in plans for d in estimate(nodes, policy).values())
     everything = sum(d.total for _, nodes, _ in plans for d in estimate(nodes, "all").values())
     typer.echo(f"{name}, all {len(plans)} parts: {runs} runs, {done} done, {runs - done} to run; disk "
-               f"≈ {human(disk)} (every run keeping its weights: ≈ {human(everything)})")
+               f"≈ {human(disk)} (every run keeping its weights: ≈ {human(everything)}); time ≈ "
+               f"{human_time(seconds / workers)}{_workers_note(workers)}")
 
 
-def print_plan(name: str, nodes: list, policy: str) -> None:
-    """The dry run: each run, whether it is done, what it waits for and the disk it will use; the totals."""
+def _workers_note(workers: int) -> str:
+    return "" if workers == 1 else f" with {workers} workers if they divide the runs evenly"
+
+
+def print_plan(name: str, nodes: list, policy: str, workers: int = 1, measure: bool = True) -> float:
+    """The dry run: each run, whether it is done, what it waits for, the disk it will use and the time it will
+    take on this machine (runner.timing); the totals. Returns the seconds still to run."""
     from smcbench.runner.disk import estimate, human
+    from smcbench.runner.timing import human_time, predict
 
     disk = estimate(nodes, policy)
+    times = predict(nodes, typer.echo, measure)
     done = sum(n.done() for n in nodes)
     typer.echo(f"{name}: {len(nodes)} runs, {done} done, {len(nodes) - done} to run")
     for n in nodes:
         deps = f"  after {', '.join(d[:8] for d in n.deps)}" if n.deps else ""
         d = disk[n.id]
         size = human(d.total) + (f" (weights {human(d.weights)})" if d.weights else "")
+        took = "" if n.done() else f"  ~{human_time(times[n.id].seconds)}"
         typer.echo(f"  {'done' if n.done() else 'todo'}  {n.id[:8]}  {n.label}  {'≈' if d.approximate else ''}"
-                   f"{size}{deps}")
+                   f"{size}{took}{deps}")
     totals = {k: sum(getattr(d, k) for d in disk.values()) for k in ("masks", "weights", "records")}
     approx = "≈ " if any(d.approximate for d in disk.values()) else ""
     kept = sum(1 for d in disk.values() if d.weights)
@@ -382,6 +395,15 @@ def print_plan(name: str, nodes: list, policy: str) -> None:
                f"{approx}{human(sum(d.total for d in all_weights.values()))}")
     if approx:
         typer.echo("≈: a model that cannot be built here is sized from its published parameter count (fp32)")
+    todo = [times[n.id] for n in nodes if not n.done()]
+    known = [t for t in todo if t.source != "unknown"]
+    seconds = sum(t.seconds for t in known)
+    from_runs = sum(t.source == "runs" for t in todo)
+    unknown = f"; {len(todo) - len(known)} unknown" if len(known) < len(todo) else ""
+    typer.echo(f"time on this machine: ≈ {human_time(seconds / workers)}{_workers_note(workers)} ({from_runs} of "
+               f"{len(todo)} runs to go timed from finished runs of their kind, {len(known) - from_runs} from a "
+               f"probe of their task{unknown}: runner.timing)")
+    return seconds
 
 
 @app.command()

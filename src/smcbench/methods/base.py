@@ -119,11 +119,19 @@ class Method(ABC):
     # Bumped when a change to the method (or a default of its settings) changes what its runs mean: a version
     # other than 1 is part of the run's id (runner.identity), so older runs are never reused as newer ones.
     version: ClassVar[int] = 1
+    # Seconds of one of its updates relative to a plain dense update (the dry run's time estimate; a method with
+    # per-update extra work, e.g. learned gates, sets its own measured figure).
+    step_cost: ClassVar[float] = 1.0
 
     def uses_dense(self, settings: Settings) -> bool:
         """Whether a run with these settings reads the dense fine-tune (its start, or a setting's teacher): the
         runner trains it first, the grid runs its node first."""
         return self.needs_dense or settings.uses_dense()
+
+    def trainings(self, settings: Settings) -> float:
+        """Full training schedules one run with these settings trains (the dry run's time estimate): 1 for most
+        methods (the After methods' dense fine-tune is a run of its own); 0 for a model used as it is."""
+        return 1.0
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
         """The levels the method reaches for the requested ones with these settings (an error when one is out of

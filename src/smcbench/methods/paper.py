@@ -204,6 +204,9 @@ class OneShotAfter(Method):
                                 f"--sparsity {level:g} (got {', '.join(f'{s:g}' for s in wrong)})")
         return [level]
 
+    def trainings(self, settings: Settings) -> float:
+        return 1.0 if settings.retrain else 0.0
+
     def prune_dense(self, exp: Experiment, model: nn.Module, sparsity: float) -> tuple[Sparsifier, dict]:
         """The mask (and, for methods that update weights, the weights) at `sparsity`; notes for the result."""
         pattern = exp.settings.pattern

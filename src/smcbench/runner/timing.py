@@ -1,0 +1,188 @@
+"""What a grid will take, before it runs (`smc-bench grid --dry-run`): each run's seconds, predicted from measured
+costs, best source first:
+
+1. finished runs of the same kind in the output folder: the median recorded wall time of the runs with the same
+   task configuration (but seed and fold), training settings, method and method settings (any level). This is what
+   this machine took for exactly this kind of run.
+2. a probe of the task configuration on this machine, cached per machine in $SMCBENCH_CACHE/costs.json: a few real
+   updates of the task's model through the training loop (seconds per update), one validation and one full
+   evaluation, timed. A run then takes `trainings × (updates × seconds per update × step cost + validations ×
+   validation seconds) + evaluation seconds`, with the method's `trainings` and `step_cost` (methods.base).
+
+What a probe does not see: a method's extra passes (SNIP's or oBERT's gradients, SparseGPT's calibration) and an
+untrained model generating longer than a trained one (translation); the finished runs correct both as they come in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from smcbench.errors import SmcBenchError
+from smcbench.methods import get_method
+from smcbench.pretraining import cache_dir
+from smcbench.runner.grid import Node
+from smcbench.runner.store import ResultStore
+from smcbench.tasks import TaskSpec, get_task
+from smcbench.training import Callback, LoopState, TrainConfig, train
+
+WARMUP_UPDATES = 2  # not timed: first-call allocations and lazy initialisation
+PROBE_UPDATES = 8
+
+
+@dataclass(frozen=True)
+class Probe:
+    update_s: float  # one optimizer update at the task's batch size
+    validate_s: float  # one validation pass
+    evaluate_s: float  # one full evaluation (with the per-example outcomes)
+    train_examples: int  # the training pool the schedule's updates are counted from
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    source: str  # "runs" (finished runs of this kind) or "probe"
+
+
+class _Clock(Callback):
+    """Times updates after the warm-up, and the validation pass."""
+
+    def __init__(self) -> None:
+        self.marks: dict[int, float] = {}
+        self.validation = 0.0
+
+    def on_step_end(self, state: LoopState) -> None:
+        self.marks[state.step] = time.perf_counter()
+
+    def on_evaluate_begin(self, state: LoopState) -> None:
+        self.validation = -time.perf_counter()
+
+    def on_evaluate_end(self, state: LoopState) -> None:
+        self.validation += time.perf_counter()
+
+
+def _probe_key(spec: TaskSpec, cfg: TrainConfig) -> str:
+    task = {k: v for k, v in spec.identity().items() if k not in ("seed", "fold")}
+    what = {"task": task, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "host": platform.node(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def measure(spec: TaskSpec, cfg: TrainConfig) -> Probe:
+    """Time the task's real training loop for a few updates, one validation and one evaluation."""
+    task = get_task(spec)
+    examples, lengths = task.train_examples()
+    model = task.initial_model()
+    clock = _Clock()
+    probe_cfg = cfg.model_copy(update={"max_steps": WARMUP_UPDATES + PROBE_UPDATES, "eval_every": None,
+                                       "eval_epochs": None})
+    train(model, examples, task.collate, probe_cfg, lengths=lengths, evaluate=task.validate,
+          maximize=task.metric.higher_is_better, callbacks=[clock], loss_fn=task.loss, progress=False)
+    update_s = (clock.marks[WARMUP_UPDATES + PROBE_UPDATES] - clock.marks[WARMUP_UPDATES]) / PROBE_UPDATES
+    start = time.perf_counter()
+    task.evaluate_outcomes(model.eval())
+    return Probe(update_s, clock.validation, time.perf_counter() - start, len(examples))
+
+
+def probes_file() -> Path:
+    return cache_dir() / "costs.json"
+
+
+def cached_probe(spec: TaskSpec, cfg: TrainConfig, say=print, measure_missing: bool = True) -> Probe | None:
+    """The task configuration's probe on this machine: measured once, then read from the cache (None: not
+    cached and not to be measured)."""
+    path = probes_file()
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    key = _probe_key(spec, cfg)
+    if key not in cache:
+        if not measure_missing:
+            return None
+        say(f"measuring {spec.task} ({spec.model}, batch {cfg.batch_size}) on this machine: once, cached in {path}")
+        cache[key] = asdict(measure(spec, cfg))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    return Probe(**cache[key])
+
+
+def _kind(config: dict) -> str:
+    """A run's kind: its configuration but the level, seed and fold (what its cost does not depend on)."""
+    task = {k: v for k, v in config["task"].items() if k not in ("seed", "fold")}
+    train = {k: v for k, v in config["train"].items() if k != "seed"}
+    rest = {k: v for k, v in config.items() if k not in ("sparsity", "task", "train")}
+    return json.dumps({**rest, "task": task, "train": train}, sort_keys=True)
+
+
+def _finished(outs: set[Path]) -> dict[str, float]:
+    """Median wall seconds per run kind among the finished runs in these output folders."""
+    times: dict[str, list[float]] = {}
+    for out in outs:
+        if (out / "results.db").is_file():
+            for r in ResultStore(out / "results.db").records():
+                if r.get("wall_s") and r.get("config"):
+                    times.setdefault(_kind(r["config"]), []).append(float(r["wall_s"]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _run_configs(node: Node) -> list[dict]:
+    r = node.request
+    if get_method(r.method).reference:
+        return [r.dense_config()]
+    return [r.run_config(s) for s in r.sparsities]
+
+
+def _from_probe(node: Node, probe: Probe) -> float:
+    r = node.request
+    method = get_method(r.method)
+    cfg = r.train
+    updates = cfg.total_steps(probe.train_examples)
+    interval = cfg.validation_interval(probe.train_examples)
+    validations = math.ceil(updates / interval) if interval else 1
+    trainings = method.trainings(r.settings)
+    one = trainings * (updates * probe.update_s * method.step_cost + validations * probe.validate_s)
+    if not trainings:
+        one += probe.validate_s  # the model used as it is is still validated once
+    return (one + probe.evaluate_s) * len(_run_configs(node))
+
+
+def predict(nodes: list[Node], say=print, measure_missing: bool = True) -> dict[str, Estimate]:
+    """Node id → its predicted seconds and where the figure comes from (finished nodes take 0). A task
+    configuration without a cached probe is probed now (`measure_missing`), else its runs are unknown (NaN), as
+    are those of a model that cannot be built here (a hub model offline)."""
+    finished = _finished({n.request.out for n in nodes})
+    out = {}
+    for node in nodes:
+        if node.done():
+            out[node.id] = Estimate(0.0, "runs")
+            continue
+        known = [finished.get(_kind(c)) for c in _run_configs(node)]
+        if all(k is not None for k in known):
+            out[node.id] = Estimate(sum(known), "runs")
+            continue
+        r = node.request
+        try:
+            probe = cached_probe(r.spec, r.train, say, measure_missing)
+        except (SmcBenchError, OSError) as err:
+            say(f"no time estimate for {r.spec.task} ({r.spec.model}): {str(err).splitlines()[0][:160]}")
+            probe = None
+        out[node.id] = Estimate(math.nan, "unknown") if probe is None else Estimate(_from_probe(node, probe), "probe")
+    return out
+
+
+def human_time(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
