@@ -102,7 +102,8 @@ def estimate(nodes: list[Node], policy: str) -> dict[str, RunDisk]:
         runs = len(node.result_paths())  # a node of a method that shares its levels makes several runs
         masks = math.ceil(size.prunable / 8) * runs if sparse else 0
         weights = size.weights_bytes * runs if node.id in kept else 0
-        records = (RECORD_BYTES + _outcome_bytes(r.spec, not sparse)) * runs  # result records and outcomes
+        # Result records and outcomes (the dense reference keeps the examples' texts).
+        records = (RECORD_BYTES + _outcome_bytes(r.spec, get_method(r.method).reference)) * runs
         out[node.id] = RunDisk(masks, weights, records, size.approximate)
     return out
 
