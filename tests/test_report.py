@@ -205,3 +205,28 @@ def test_a_dense_control_is_shown_beside_dense_and_never_judged(tmp_path):
     assert "| omp_after | 0.360 |" in across  # judged against dense, not against the control
     assert not any(line.startswith("| dense_retrain |") for line in md.splitlines())
     assert "dense 0.400; dense_retrain 0.460 (a dense control, not judged)" in md
+
+
+def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    # MAWPS (easy): Before methods fail at 0.36, After never up to 0.488; SVAMP (hard): everything fails earlier.
+    curves = {"arithmetic/mawps": (0.9, {"omp_before": (0.9, 0.5, 0.4), "snip": (0.895, 0.6, 0.5),
+                                         "omp_after": (0.9, 0.9, 0.895), "lth": (0.9, 0.895, 0.9),
+                                         "gmp": (0.9, 0.85, 0.8)}),
+              "arithmetic/svamp": (0.4, {"omp_before": (0.2, 0.1, 0.1), "snip": (0.2, 0.1, 0.1),
+                                         "omp_after": (0.4, 0.3, 0.2), "lth": (0.395, 0.2, 0.1),
+                                         "gmp": (0.3, 0.2, 0.1)})}
+    for task, (dense, methods) in curves.items():
+        store.append({**rec("dense", 0.0, dense), "task": task, "run_id": f"{task}-dense"})
+        for method, values in methods.items():
+            for s, v in zip((0.2, 0.36, 0.488), values, strict=True):
+                store.append({**rec(method, s, v), "task": task, "run_id": f"{task}-{method}-{s}"})
+    build(tmp_path / "results.db", tmp_path / "report", rule="paper")
+    md = (tmp_path / "report" / "report.md").read_text()
+    found = md.split("## The paper's findings at this scale")[1].split("\n## ")[0]
+    assert "| arithmetic/mawps / m | 0 of 5 | 3 of 5 |" in found  # finding 1: omp_before, snip and gmp by 36 %
+    assert "| arithmetic/svamp / m | 3 of 5 | 5 of 5 |" in found  # the After methods hold 0.2 (within 0.01)
+    assert "| arithmetic/mawps / m | 0.360 | > 0.488 | 0.360 | yes |" in found  # finding 3, per task
+    assert "| arithmetic/svamp / m | 0.200 | 0.360 | 0.200 | yes |" in found
+    assert ("| arithmetic / m | 5 | arithmetic/svamp (dense 0.400: 0.200), arithmetic/mawps (dense 0.900: 0.360) | "
+            "yes |") in found  # finding 2

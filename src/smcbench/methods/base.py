@@ -122,11 +122,19 @@ class Method(ABC):
     # Seconds of one of its updates relative to a plain dense update (the dry run's time estimate; a method with
     # per-update extra work, e.g. learned gates, sets its own measured figure).
     step_cost: ClassVar[float] = 1.0
+    # When it prunes, as the paper groups the methods: "after" (training: from the dense fine-tune, then retrained),
+    # "during", "before" (on θ0), "post-training" (the dense fine-tune pruned and used as it is); "" for the dense
+    # runs and controls. The report's findings compare the groups; `stage_for` refines it by the settings.
+    stage: ClassVar[str] = ""
 
     def uses_dense(self, settings: Settings) -> bool:
         """Whether a run with these settings reads the dense fine-tune (its start, or a setting's teacher): the
         runner trains it first, the grid runs its node first."""
         return self.needs_dense or settings.uses_dense()
+
+    def stage_for(self, settings: Settings) -> str:
+        """The stage of a run with these settings (e.g. an After method told not to retrain is post-training)."""
+        return self.stage
 
     def trainings(self, settings: Settings) -> float:
         """Full training schedules one run with these settings trains (the dry run's time estimate): 1 for most
@@ -226,6 +234,18 @@ def is_sparse(name: str, target_sparsity: float = 1.0) -> bool:
     """Whether the runs of method `name` are sparse (compared with the dense reference). A method no longer
     registered is judged by its target sparsity."""
     return METHODS[name].sparse if name in METHODS else target_sparsity > 0
+
+
+def stage_of(name: str, settings: Mapping[str, Any]) -> str:
+    """The stage (Method.stage) of a recorded run of method `name` with these settings ("" for a method no longer
+    registered, or settings it no longer takes)."""
+    method = METHODS.get(name)
+    if method is None:
+        return ""
+    try:
+        return method.stage_for(method.settings.build(name, **settings))
+    except SmcBenchError:
+        return method.stage
 
 
 def is_reference(name: str) -> bool:

@@ -96,6 +96,7 @@ class LearnedSparsityMethod(Method):
         """The engine object that learns the sparsity of `params`."""
 
     shares_levels = True  # the learned phase does not depend on the level: trained once for all of them
+    stage = "during"
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings

@@ -87,6 +87,7 @@ class OBert(Method):
     version = 2  # 2: Fisher from masked gradients during gradual pruning, float64 OBS solve with a guard
     needs_dense = True
     summary = "second-order (block Fisher) saliency + OBS update, gradual from the dense fine-tune (Kurtic et al.)"
+    stage = "after"  # from the dense fine-tune: gradually (on GMP's schedule) or once, then retrained
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings

@@ -204,6 +204,11 @@ class OneShotAfter(Method):
                                 f"--sparsity {level:g} (got {', '.join(f'{s:g}' for s in wrong)})")
         return [level]
 
+    stage = "after"
+
+    def stage_for(self, settings: Settings) -> str:
+        return "after" if settings.retrain else "post-training"
+
     def trainings(self, settings: Settings) -> float:
         return 1.0 if settings.retrain else 0.0
 
@@ -254,6 +259,7 @@ class LTH(Method):
     chained = True
     weights_reused = True  # round k + 1 prunes round k's trained model
     summary = "IMP, 20 % of the remaining weights per round, rewind to θ0"
+    stage = "after"
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
         # 0.738 asks for round 6, whose level is 0.737856; out-of-reach levels fail before any training.
@@ -297,6 +303,7 @@ class GMP(Method):
     name = "gmp"
     settings = GMPSettings
     summary = "cubic schedule from 10 % to 80 % of training, global magnitude"
+    stage = "during"
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings
@@ -315,6 +322,7 @@ class OneShotBefore(Method):
 
     criterion: ClassVar[Criterion]
     rigl: ClassVar[bool] = False
+    stage = "before"
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
-from smcbench.report import analysis, significance, summary, verdicts  # noqa: E402
+from smcbench.report import analysis, findings, significance, summary, verdicts  # noqa: E402
 from smcbench.runner.single import MASKS  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
@@ -135,6 +135,9 @@ def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVe
     report.sections.append(("Across tasks: first failing sparsity", f"Each cell: {how}. \"-\" no level fails up to "
                             "the highest level run (each task's table says what its test set could resolve); "
                             "blank: not run.\n\n" + summary.summary_table(summaries)))
+    text = findings.section(judged, lambda key: f"{key[0]} / {Path(key[1]).name}")
+    if text:
+        report.sections.append(("The paper's findings at this scale", text))
     report.figure(summary.heatmap(summaries), "across-tasks-failing", "First failing sparsity, every task")
     fig = summary.difficulty_figure(summaries)
     if fig is not None:

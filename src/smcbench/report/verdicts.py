@@ -12,6 +12,7 @@ from typing import Literal
 
 from smcbench import outcomes
 from smcbench.methods import is_reference
+from smcbench.methods.base import stage_of
 from smcbench.metrics import Metric
 from smcbench.outcomes import Outcomes
 from smcbench.report import analysis, significance
@@ -32,6 +33,7 @@ class MethodVerdict:
     paper_failing: float | None = None  # the paper's rule, beside it for comparison
     note: str = ""  # why the paper's rule was used where the paired one was asked for
     judged: bool = True  # False: the paper's rule had no tolerance to judge by (one seed, none declared)
+    stage: str = ""  # when the method prunes (methods.base.Method.stage): after, during, before, post-training
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -84,13 +86,15 @@ def judge(rows: list[dict], rule: Rule = "paired", resamples: int | None = None)
                     out.describe.update({f"{name}:{i}": t for i, t in zip(group.ids, group.texts, strict=True)})
     for variant, points in sorted(by_method.items()):
         paper = None if tolerance is None else analysis.failing_sparsity(points, mean, tolerance, metric)[1]
+        first = next(r for r in rows if r["variant"] == variant)
+        stage = stage_of(first["method"], (first.get("config") or {}).get("settings") or {})
         verdict = MethodVerdict(variant, "paper", paper, max(p.sparsity for p in points), paper_failing=paper,
-                                judged=tolerance is not None)
+                                judged=tolerance is not None, stage=stage)
         if rule == "paired":
             ladder, note = _paired(rows, variant, dense_runs, metric, resamples)
             if ladder is not None:
                 failing = ladder.failing.sparsity if ladder.failing else None
-                verdict = MethodVerdict(variant, "paired", failing, verdict.highest, ladder, paper)
+                verdict = MethodVerdict(variant, "paired", failing, verdict.highest, ladder, paper, stage=stage)
             else:
                 verdict.note = note
         out.methods[variant] = verdict

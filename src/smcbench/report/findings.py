@@ -1,0 +1,109 @@
+"""The paper's findings, checked on a report's verdicts: which appear at this scale, which do not, and which the runs
+cannot tell (too few stages, tasks or levels). Each check reads the first failing levels (report.verdicts); a method
+that never fails counts as failing above the highest level it ran, so "never" ranks after every level."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from smcbench.report.verdicts import GroupVerdicts, MethodVerdict
+
+MODERATE = 0.36  # the paper's finding 1: on CSQA every method fails by 36 % (several datasets from 20 %)
+
+
+def _rank(v: MethodVerdict) -> float:
+    return v.failing if v.failing is not None else v.highest + 1e-3
+
+
+def _text(levels: list[float], highest: float) -> str:
+    m = statistics.median(levels)
+    return f"> {highest:.3f}" if m > highest else f"{m:.3f}"
+
+
+def _judged(group: GroupVerdicts) -> list[MethodVerdict]:
+    return [v for v in group.methods.values() if v.judged]
+
+
+def moderate(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
+    """Finding 1: how many methods fail at or below 36 % (and 20 %) of sparsity."""
+    rows = []
+    for key, g in sorted(groups.items()):
+        methods = _judged(g)
+        if methods:
+            by36 = sum(v.failing is not None and v.failing <= MODERATE + 1e-9 for v in methods)
+            by20 = sum(v.failing is not None and v.failing <= 0.2 + 1e-9 for v in methods)
+            rows.append(f"| {label(key)} | {by20} of {len(methods)} | {by36} of {len(methods)} |")
+    return ["| task | methods failing by 20 % | by 36 % |", "|---|---|---|", *rows] if rows else []
+
+
+def stages(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
+    """Finding 3: After methods fail later than Before methods (median first failing level of each stage)."""
+    rows = []
+    for key, g in sorted(groups.items()):
+        by_stage = defaultdict(list)
+        for v in _judged(g):
+            by_stage[v.stage].append(v)
+        before, after = by_stage.get("before", []), by_stage.get("after", [])
+        if not before or not after:
+            continue
+        highest = max(v.highest for v in (*before, *after))
+        b, a = statistics.median(map(_rank, before)), statistics.median(map(_rank, after))
+        seen = "yes" if a > b else "no: Before fails later" if a < b else "no: the same level"
+        cells = [_text([_rank(v) for v in before], highest), _text([_rank(v) for v in after], highest)]
+        during = by_stage.get("during", [])
+        cells.append(_text([_rank(v) for v in during], highest) if during else "-")
+        rows.append(f"| {label(key)} | {' | '.join(cells)} | {seen} |")
+    if not rows:
+        return []
+    return ["| task | Before (median first failing level) | After | During | After fails later? |",
+            "|---|---|---|---|---|", *rows]
+
+
+def difficulty(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
+    """Finding 2: within a family (and model), the harder task (dense less above chance) fails at a lower level
+    (median first failing level over the methods both tasks ran)."""
+    families = defaultdict(list)
+    for (task, model), g in groups.items():
+        if g.dense is not None and _judged(g):
+            families[(task.split("/")[0], model)].append((task, g))
+    rows = []
+    for (family, model), tasks in sorted(families.items()):
+        if len(tasks) < 2:
+            continue
+        shared = set.intersection(*({v.variant for v in _judged(g)} for _, g in tasks))
+        if not shared:
+            continue
+
+        def above_chance(g: GroupVerdicts) -> float:
+            """How easy the task is for the dense model: its share of the way from chance to perfect (a metric
+            without a chance level, e.g. BLEU: the dense score itself)."""
+            if g.metric.chance is None:
+                return g.dense if g.metric.higher_is_better else -g.dense
+            return (g.dense - g.metric.chance) / (1.0 - g.metric.chance)
+
+        ordered = sorted(tasks, key=lambda t: above_chance(t[1]))  # hardest first
+        medians = [statistics.median(_rank(g.methods[m]) for m in shared) for _, g in ordered]
+        seen = ("yes" if all(a < b for a, b in zip(medians, medians[1:], strict=False)) else
+                "no" if all(a >= b for a, b in zip(medians, medians[1:], strict=False)) else "partly")
+        order = ", ".join(f"{t} (dense {g.dense:.3f}: {m:.3f})" for (t, g), m in zip(ordered, medians, strict=True))
+        rows.append(f"| {family} / {model} | {len(shared)} | {order} | {seen} |")
+    if not rows:
+        return []
+    return ["| family / model | methods | tasks, hardest first (dense: median first failing level) | harder fails "
+            "earlier? |", "|---|---|---|---|", *rows]
+
+
+def section(groups: dict[tuple[str, str], GroupVerdicts], label) -> str:
+    """The findings section's text (empty when the runs can tell none of them)."""
+    parts = []
+    for title, lines in (("1. Every method fails at moderate sparsity", moderate(groups, label)),
+                         ("2. Harder tasks fail earlier", difficulty(groups, label)),
+                         ("3. After-training pruning fails later than before-training", stages(groups, label))):
+        if lines:
+            parts.append(f"**{title}.**\n\n" + "\n".join(lines))
+    if not parts:
+        return ""
+    return ("Read from the verdicts above (first failing levels; a method that never fails ranks above its highest "
+            "level). The lazy regime (finding 4) is in each task's mask overlap and weight change sections.\n\n"
+            + "\n\n".join(parts))
