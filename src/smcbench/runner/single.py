@@ -185,7 +185,9 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
     `accelerate launch` only the main process writes; the others return None."""
     from accelerate import PartialState
 
+    evaluating = time.perf_counter()
     metrics, per_example = exp.task.evaluate_outcomes(outcome.model)
+    eval_s = time.perf_counter() - evaluating
     if not PartialState().is_main_process:
         return None
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -230,7 +232,8 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "history": result.history,  # validation metric vs updates and examples: the budget sweeps read it
         "seed": request.spec.seed,
         "train_s": result.seconds,
-        "wall_s": wall_s,
+        "wall_s": wall_s,  # training and pruning, without the evaluation
+        "eval_s": eval_s,
         "examples_per_s": result.examples_per_second,
         "notes": outcome.notes,
         "config": config,

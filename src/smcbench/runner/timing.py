@@ -1,8 +1,9 @@
 """What a grid will take, before it runs (`smc-bench grid --dry-run`): each run's seconds, predicted from measured
 costs, best source first:
 
-1. finished runs of the same kind in the output folder: the median recorded wall time of the runs with the same
-   task configuration (but seed and fold), training settings, method and method settings (any level). This is what
+1. finished runs of the same kind in the output folder: the median recorded time (training, pruning and
+   evaluation) of the runs with the same task configuration (but seed and fold), training settings, method and
+   method settings (any level). This is what
    this machine took for exactly this kind of run.
 2. a probe of the task configuration on this machine, cached per machine in $SMCBENCH_CACHE/costs.json: a few real
    updates of the task's model through the training loop (seconds per update), one validation and one full
@@ -128,8 +129,8 @@ def _finished(outs: set[Path]) -> dict[str, float]:
     for out in outs:
         if (out / "results.db").is_file():
             for r in ResultStore(out / "results.db").records():
-                if r.get("wall_s") and r.get("config"):
-                    times.setdefault(_kind(r["config"]), []).append(float(r["wall_s"]))
+                if r.get("wall_s") and r.get("config"):  # (older records lack eval_s)
+                    times.setdefault(_kind(r["config"]), []).append(float(r["wall_s"]) + float(r.get("eval_s") or 0))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
