@@ -117,6 +117,23 @@ def test_unreadable_specs_are_clear_errors(tmp_path):
         load_spec("no-such-spec")
 
 
+def test_the_laptop_track_covers_every_family_with_the_equal_budget_control_and_the_demo_is_its_slice():
+    track = load_spec("laptop")
+    assert [name for name, _ in track.included()] == ["commonsense", "arithmetic", "protein", "translation"]
+    for name, part in track.included():
+        nodes = expand(part)
+        families = {n.request.spec.task.split("/")[0] for n in nodes}
+        assert families == {name}
+        methods = {n.request.method for n in nodes}
+        assert {"dense", "dense_retrain", "omp_after", "gmp", "omp_before", "snip", "sparsegpt", "wanda"} <= methods
+        assert all(n.deps for n in nodes if n.request.method == "dense_retrain")
+    demo = expand(load_spec("demo"))
+    assert {n.request.spec.task for n in demo} == {"commonsense/csqa", "arithmetic/mawps"}
+    arithmetic = {n.id for n in expand(load_spec("laptop-arithmetic"))}
+    mawps_dense = [n for n in demo if n.request.spec.task == "arithmetic/mawps" and n.request.method == "dense"]
+    assert [n.id in arithmetic for n in mawps_dense] == [True]  # the very run of the track
+
+
 def test_shipped_presets_validate():
     assert load_spec("demo").models == ["minilm"]
     paper = load_spec("paper")

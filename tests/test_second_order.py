@@ -446,3 +446,52 @@ def test_fisher_that_cannot_fit_is_refused_with_the_block_size_that_would(monkey
     BlockFisherInverse.check_fits(10_000_000, 50)  # MiniLM's encoder at B = 50: 1.9 GiB
     with pytest.raises(SmcBenchError, match=r"need 56\.3 GiB, 10\.0 GiB is free on cpu: use --obert-block 7 or"):
         BlockFisherInverse.check_fits(302_000_000, 50)  # RoBERTa-large's encoder
+
+
+class Decoder(nn.Module):
+    """A block whose `step` layer runs once per decoding step: calls differ from one batch to the next."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.enc, self.step, self.head = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.enc(x)
+        for _ in range(int(x.abs().sum() > 0) + (x.shape[0] > 4)):  # 1 or 2 steps
+            h = torch.tanh(self.step(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("model_class", [Block, Decoder])
+def test_stopping_each_calibration_pass_at_its_group_changes_nothing(model_class, monkeypatch):
+    """Sequential calibration stops each pass once the group has read its inputs (later layers cannot change
+    them); masks and updated weights equal those of full passes, and a layer called again later in a pass (a
+    decoder step) is always given the whole pass."""
+    from smcbench.sparsity import calibration
+    from smcbench.sparsity.posttraining import sparsegpt_prune_layer
+
+    def run(stop: bool) -> tuple[dict, dict, int]:
+        torch.manual_seed(3)
+        model = model_class()
+        sp = Sparsifier(model, include=["weight"], exclude=["^embed"])
+        batches = [torch.randn(6 if k % 2 else 3, 8) for k in range(4)]
+        calls = []  # runs of the model's last layer
+        last = model.down if isinstance(model, Block) else model.head
+        last.register_forward_pre_hook(lambda *a: calls.append(1))
+        forward = model
+        if not stop:
+            monkeypatch.setattr(calibration, "called_once", lambda *a: set())
+        prune_layerwise(model, sp.params, sp.masks, lambda name, w, m, st: sparsegpt_prune_layer(w, m, st, 0.5),
+                        Hessian, forward, batches)
+        monkeypatch.undo()
+        return ({n: m.clone() for n, m in sp.masks.items()}, {n: p.detach().clone() for n, p in sp.params.items()},
+                len(calls))
+
+    masks, weights, full = run(stop=False)
+    masks_early, weights_early, early = run(stop=True)
+    assert all(torch.equal(masks[n], masks_early[n]) for n in masks)
+    assert all(torch.equal(weights[n], weights_early[n]) for n in weights)
+    # Full passes run the last layer in the group discovery and in every group's pass over the 4 batches; stopping
+    # early, in the discovery, the call count and its own group's pass, plus (Decoder) the pass of the step group,
+    # which never stops early (its layer runs once or twice a pass).
+    assert (full, early) == ((1 + 4 * 4, 1 + 4 + 4) if model_class is Block else (1 + 3 * 4, 1 + 4 + 4 + 4))

@@ -234,7 +234,7 @@ def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root,
         (path / f"{TATOEBA}.{iso}").write_text("\n".join(synthetic_translation(lang, e) for e in english) + "\n")
         (path / f"{TATOEBA}.eng").write_text("\n".join(english) + "\n")
     spec = TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=8, val_size=4, eval_size=2,
-                    max_length=12, options={"beam": 1, "test": "tatoeba"})
+                    max_length=12, options={"beam": 1, "test": "tatoeba", "flores_size": 1})
     [r] = execute(RunRequest(spec, "dense", [], TrainConfig(lr=1e-3, batch_size=8, max_steps=1), {}, tmp_path,
                              progress=False))
     m = r["metrics"]
@@ -242,7 +242,7 @@ def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root,
         "bleu_cs-en", "bleu_en-cs", "bleu_en-fr", "bleu_fr-en"]
     assert m["eval_examples"] == 8  # two pairs (of three distinct) per trained direction
     assert m["bleu"] == pytest.approx(sum(m[f"bleu_{d}"] for d in ("cs-en", "en-cs", "en-fr", "fr-en")) / 4)
-    assert len([k for k in m if k.startswith("bleu_flores_") and k.count("-") == 1]) == 20
+    assert len([k for k in m if k.startswith("bleu_flores_") and k.count("-") == 1]) == 20  # one sentence each
     assert r["data"]["tatoeba"] == {"fr": {"pairs": 4, "removed": 1, "kept": 3},
                                     "cs": {"pairs": 4, "removed": 1, "kept": 3}}
     assert r["metric"]["secondary"] == ["chrf", "bleu_flores"]

@@ -74,6 +74,35 @@ def linear_layers(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str
             if ms and all(isinstance(m, nn.Linear) for m in ms)}
 
 
+class _Collected(Exception):
+    """Raised by a statistics hook once every layer of the group has read its input: the rest of the forward pass
+    cannot change the group's statistics."""
+
+
+def called_once(layers: dict[str, nn.Linear], forward: Callable[[Any], Any], batches: Sequence[Any]) -> set[str]:
+    """The layers every calibration batch's forward pass calls exactly once (a decoder's layers, called once per
+    step, are not among them)."""
+    counts: dict[str, list[int]] = {n: [] for n in layers}
+
+    def hook(name: str) -> Callable:
+        def count(module: nn.Module, args: tuple) -> None:
+            counts[name][-1] += 1
+
+        return count
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                for c in counts.values():
+                    c.append(0)
+                forward(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n for n, c in counts.items() if all(k == 1 for k in c)}
+
+
 def input_groups(layers: dict[str, nn.Linear], forward: Callable[[Any], Any], batch: Any) -> list[list[str]]:
     """The layers grouped by the tensor they read, groups in the order the forward pass reaches them (layers it
     never reaches are left out)."""
@@ -105,18 +134,33 @@ def input_groups(layers: dict[str, nn.Linear], forward: Callable[[Any], Any], ba
 
 
 def collect(layers: dict[str, nn.Linear], names: Sequence[str], statistics: type[InputStatistics],
-            forward: Callable[[Any], Any], batches: Sequence[Any]) -> dict[str, InputStatistics]:
-    """One pass over the calibration batches, collecting `statistics` of the inputs of the layers `names`."""
+            forward: Callable[[Any], Any], batches: Sequence[Any], stop_early: bool = False) -> dict[str,
+                                                                                                 InputStatistics]:
+    """One pass over the calibration batches, collecting `statistics` of the inputs of the layers `names`.
+    `stop_early` (every one of them is called once per forward pass): each pass stops as soon as they all have
+    read their input, since the layers after them cannot change it. Sequential pruning of a deep model then runs
+    the prefix up to each group, not the whole model, per group."""
     stats = {n: statistics(layers[n].in_features, layers[n].weight.device) for n in names}
+    waiting: set[str] = set()
 
     def hook(name: str) -> Callable:
-        return lambda module, args: stats[name].add(args[0].detach())
+        def add(module: nn.Module, args: tuple) -> None:
+            stats[name].add(args[0].detach())
+            waiting.discard(name)
+            if stop_early and not waiting:
+                raise _Collected
+
+        return add
 
     handles = [layers[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
         with torch.no_grad():
             for batch in batches:
-                forward(batch)
+                waiting.update(names)
+                try:
+                    forward(batch)
+                except _Collected:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -138,8 +182,10 @@ def prune_layerwise(model: nn.Module, params: dict[str, nn.Parameter], masks: di
     model.eval()
     try:
         groups = input_groups(layers, forward, batches[0])
+        once = called_once(layers, forward, batches) if sequential else set()
         for names in groups if sequential else [[n for g in groups for n in g]]:
-            stats = collect(layers, names, statistics, forward, batches)
+            # A layer called again later in the pass (a decoder's) needs the whole pass.
+            stats = collect(layers, names, statistics, forward, batches, stop_early=once.issuperset(names))
             for name in names:
                 with torch.no_grad():
                     prune_layer(name, params[name], masks[name], stats[name])

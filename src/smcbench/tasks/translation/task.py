@@ -51,6 +51,8 @@ class TranslationOptions(Settings):
         "flores", description="The test the verdicts use: flores (FLORES-200 devtest, 20 directions, the paper's) "
         "or tatoeba (Tatoeba test of the trained directions, deduplicated against every training and dev line, "
         "with FLORES-200 scored beside it as bleu_flores): a test a small model can score.")
+    flores_size: int | None = Field(None, ge=1, description="With test=tatoeba: FLORES-200 sentences per direction "
+                                    "scored beside it (default: the eval size).")
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,13 @@ class TranslationRun(TaskRun):
     @cached_property
     def _test(self) -> dict[tuple[str, str], list[Example]]:
         out = {}
+        size = self.options.flores_size if self.options.test == "tatoeba" and self.options.flores_size else \
+            self.spec.eval_size
         for src, tgt in EVAL_DIRECTIONS:
             lang = tgt if src == "en" else src
             pairs = flores_pairs(self.data_dir, lang)
-            if self.spec.eval_size is not None:
-                pairs = pairs[: self.spec.eval_size]
+            if size is not None:
+                pairs = pairs[:size]
             out[(src, tgt)] = self._examples(pairs, lang, [(src, tgt)])
         return out
 
