@@ -13,7 +13,7 @@ from smcbench.sparsity import read_masks
 from smcbench.tasks import TaskSpec
 from smcbench.training import TrainConfig
 
-SPARSE_METHODS = [m for m in METHODS if m != "dense"]
+SPARSE_METHODS = [m for m, method in METHODS.items() if method.sparse]
 
 
 request = csqa_request

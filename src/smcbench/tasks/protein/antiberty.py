@@ -53,7 +53,7 @@ def convert(out: Path) -> Path:
     vocab = [line.strip() for line in vocab_path.read_text().splitlines() if line.strip()]
 
     def fill(tmp: Path) -> None:
-        save_bert(load_tensors(checkpoint), config, vocab, SPECIALS, tmp, f"{checkpoint} (AntiBERTy)")
+        save_bert(load_tensors(checkpoint, "AntiBERTy"), config, vocab, SPECIALS, tmp, f"{checkpoint} (AntiBERTy)")
         digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
         (tmp / RECORD).write_text(json.dumps({
             "model": ANTIBERTY_NAME, "source": f"PyPI antiberty=={VERSION}: {checkpoint.name} sha256 {digest}",

@@ -17,11 +17,11 @@ import torch
 from smcbench.errors import SmcBenchError
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A tensors-only PyTorch checkpoint (`pytorch_model.bin`, or a folder holding it)."""
+def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A tensors-only PyTorch checkpoint of `what` (e.g. TAPE): `pytorch_model.bin`, or a folder holding it."""
     path = path / "pytorch_model.bin" if path.is_dir() else path
     if not path.is_file():
-        raise SmcBenchError(f"no checkpoint at {str(path)!r}: give its pytorch_model.bin or the folder holding it")
+        raise SmcBenchError(f"no {what} checkpoint at {str(path)!r}: give {what}'s pytorch_model.bin or its folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unreadable or non-tensor pickle: one clear line)

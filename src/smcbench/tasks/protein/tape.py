@@ -42,5 +42,5 @@ def build_tape(out: Path, seed: int = 0, **shape: Any) -> Path:
 
 def convert_tape(checkpoint: Path, out: Path, **shape: Any) -> Path:
     """TAPE's `pytorch_model.bin` (or a folder holding it) → a BERT folder with TAPE's tokenizer."""
-    return save_bert(load_tensors(checkpoint), {**TAPE_CONFIG, **shape}, TAPE_VOCAB, TAPE_SPECIALS, out,
+    return save_bert(load_tensors(checkpoint, "TAPE"), {**TAPE_CONFIG, **shape}, TAPE_VOCAB, TAPE_SPECIALS, out,
                      f"{checkpoint} (TAPE transformer)")
