@@ -257,10 +257,10 @@ def test_the_equal_budget_dense_control_retrains_the_dense_model_once(tiny_model
     import json
 
     spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
-                                    methods=["dense_retrain", "omp_after"])))
+                                    methods=["dense_retrain"])))
     nodes = expand(spec)
     by_label = {n.label.split(": ", 1)[1]: n for n in nodes}
-    assert sorted(by_label) == ["dense", "dense_retrain", "omp_after @ 0.200", "omp_after @ 0.360"]
+    assert sorted(by_label) == ["dense", "dense_retrain"]  # one run, whatever levels the grid lists
     assert by_label["dense_retrain"].deps == (by_label["dense"].id,)
     assert set(run_local(nodes).values()) == {"ran"}
     dense, control = (json.loads(by_label[k].result_path().read_text()) for k in ("dense", "dense_retrain"))

@@ -204,7 +204,7 @@ def test_a_dense_control_is_shown_beside_dense_and_never_judged(tmp_path):
     assert "| dense_retrain (dense control) | 0.460 |" in across
     assert "| omp_after | 0.360 |" in across  # judged against dense, not against the control
     assert not any(line.startswith("| dense_retrain |") for line in md.splitlines())
-    assert "dense 0.400; dense_retrain 0.460 (a dense control, not judged)" in md
+    assert "## Accuracy: commonsense/csqa / m\n\ndense 0.400; dense_retrain 0.460 (a dense control, not judged)" in md
 
 
 def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_path):
@@ -223,7 +223,7 @@ def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_pa
                 store.append({**rec(method, s, v), "task": task, "run_id": f"{task}-{method}-{s}"})
     build(tmp_path / "results.db", tmp_path / "report", rule="paper")
     md = (tmp_path / "report" / "report.md").read_text()
-    found = md.split("## The paper's findings at this scale")[1].split("\n## ")[0]
+    found = "".join(part.split("\n## ")[0] for part in md.split("## The paper's findings at this scale")[1:])
     assert "| arithmetic/mawps / m | 0 of 5 | 3 of 5 | 3 of 5 (0.488) |" in found  # finding 1: omp_before, snip, gmp
     assert "| arithmetic/svamp / m | 3 of 5 | 5 of 5 | 5 of 5 (0.488) |" in found  # After methods hold 0.2 (±0.01)
     assert "| arithmetic/mawps / m | 0.360 | > 0.488 | 0.360 | yes |" in found  # finding 3, per task

@@ -56,7 +56,7 @@ def demo(
         fail(f"{len(failed)} run(s) failed, first: {failed[0].label}: {status[failed[0].id]}")
     path = build(out / "results.db", out / "report")
     # What a first reader needs: the cross-task verdicts, the findings, each task's curve table and failing levels.
-    shown = ("Across tasks", "The paper's findings", "Accuracy:", "Failing sparsity")
+    shown = ("Across tasks", "The paper's findings", "Accuracy:", "Failing sparsity")  # section titles' starts
     sections = (out / "report" / "report.md").read_text().split("\n## ")[1:]
     typer.echo("\n\n".join(f"## {s.strip()}" for s in sections if s.startswith(shown)))
     typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; report: {path}")

@@ -96,16 +96,14 @@ def difficulty(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]
             "earlier? |", "|---|---|---|---|", *rows]
 
 
-def section(groups: dict[tuple[str, str], GroupVerdicts], label) -> str:
-    """The findings section's text (empty when the runs can tell none of them)."""
-    parts = []
-    for title, lines in (("1. Every method fails at moderate sparsity", moderate(groups, label)),
-                         ("2. Harder tasks fail earlier", difficulty(groups, label)),
+def sections(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[tuple[str, str]]:
+    """(title, text) of each finding the runs can tell, read from the verdicts (first failing levels; a method
+    that never fails ranks above its highest level). The lazy regime (finding 4) is in each task's mask overlap and
+    weight change sections."""
+    out = []
+    for title, lines in (("1. every method fails at moderate sparsity", moderate(groups, label)),
+                         ("2. harder tasks fail earlier", difficulty(groups, label)),
                          ("3. After-training pruning fails later than before-training", stages(groups, label))):
         if lines:
-            parts.append(f"**{title}.**\n\n" + "\n".join(lines))
-    if not parts:
-        return ""
-    return ("Read from the verdicts above (first failing levels; a method that never fails ranks above its highest "
-            "level). The lazy regime (finding 4) is in each task's mask overlap and weight change sections.\n\n"
-            + "\n\n".join(parts))
+            out.append((title, "\n".join(lines)))
+    return out

@@ -135,9 +135,8 @@ def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVe
     report.sections.append(("Across tasks: first failing sparsity", f"Each cell: {how}. \"-\" no level fails up to "
                             "the highest level run (each task's table says what its test set could resolve); "
                             "blank: not run.\n\n" + summary.summary_table(summaries)))
-    text = findings.section(judged, lambda key: f"{key[0]} / {Path(key[1]).name}")
-    if text:
-        report.sections.append(("The paper's findings at this scale", text))
+    for title, text in findings.sections(judged, lambda key: f"{key[0]} / {Path(key[1]).name}"):
+        report.sections.append((f"The paper's findings at this scale: {title}", text))
     report.figure(summary.heatmap(summaries), "across-tasks-failing", "First failing sparsity, every task")
     fig = summary.difficulty_figure(summaries)
     if fig is not None:
@@ -222,8 +221,8 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
                     marker="o", capsize=3, label=method)
     if dense:
         ax.axhline(dense[0].mean, color="black", label="dense")
-    for (name, point), style in zip(sorted(controls.items()), (":", "-.", (0, (5, 1))), strict=False):
-        ax.axhline(point.mean, color="black", linestyle=style, label=f"{name} (dense control)")
+    for (control, point), style in zip(sorted(controls.items()), (":", "-.", (0, (5, 1))), strict=False):
+        ax.axhline(point.mean, color="black", linestyle=style, label=f"{control} (dense control)")
     if metric.chance is not None:
         ax.axhline(metric.chance, color="gray", linestyle="--", label="chance")
     ax.set_xlabel("sparsity")
@@ -233,7 +232,7 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
     report.figure(fig, f"curves-{slug}", f"{name.capitalize()} vs sparsity: {label}")
 
     head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
-    head += "".join(f"; {name} {p.mean:.3f} (a dense control, not judged)" for name, p in sorted(controls.items()))
+    head += "".join(f"; {c} {p.mean:.3f} (a dense control, not judged)" for c, p in sorted(controls.items()))
     chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
     report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
                             + _table(by_method)))
