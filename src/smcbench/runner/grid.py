@@ -24,7 +24,6 @@ from smcbench.runner.identity import config_id
 from smcbench.runner.single import (
     RunRequest,
     check_keep_weights,
-    dense_dir,
     drop_weights,
     execute,
     resolve,
@@ -43,12 +42,16 @@ class Node:
     request: RunRequest
     deps: tuple[str, ...]
 
-    def result_paths(self) -> list[Path]:
-        """The result.json of each run the node makes (several levels for a method that shares them)."""
+    def configs(self) -> list[dict]:
+        """The config of each run the node makes (several levels for a method that shares them)."""
         r = self.request
         if get_method(r.method).reference:
-            return [dense_dir(r) / "result.json"]
-        return [run_dir(r, r.run_config(s)) / "result.json" for s in r.sparsities]
+            return [r.dense_config()]
+        return [r.run_config(s) for s in r.sparsities]
+
+    def result_paths(self) -> list[Path]:
+        """The result.json of each run the node makes."""
+        return [run_dir(self.request, c) / "result.json" for c in self.configs()]
 
     def result_path(self) -> Path:
         return self.result_paths()[-1]

@@ -134,13 +134,6 @@ def _finished(outs: set[Path]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _run_configs(node: Node) -> list[dict]:
-    r = node.request
-    if get_method(r.method).reference:
-        return [r.dense_config()]
-    return [r.run_config(s) for s in r.sparsities]
-
-
 def _from_probe(node: Node, probe: Probe) -> float:
     r = node.request
     method = get_method(r.method)
@@ -152,7 +145,7 @@ def _from_probe(node: Node, probe: Probe) -> float:
     one = trainings * (updates * probe.update_s * method.step_cost + validations * probe.validate_s)
     if not trainings:
         one += probe.validate_s  # the model used as it is is still validated once
-    return (one + probe.evaluate_s) * len(_run_configs(node))
+    return (one + probe.evaluate_s) * len(node.configs())
 
 
 def predict(nodes: list[Node], say=print, measure_missing: bool = True) -> dict[str, Estimate]:
@@ -165,7 +158,7 @@ def predict(nodes: list[Node], say=print, measure_missing: bool = True) -> dict[
         if node.done():
             out[node.id] = Estimate(0.0, "runs")
             continue
-        known = [finished.get(_kind(c)) for c in _run_configs(node)]
+        known = [finished.get(_kind(c)) for c in node.configs()]
         if all(k is not None for k in known):
             out[node.id] = Estimate(sum(known), "runs")
             continue
