@@ -19,6 +19,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -168,18 +169,7 @@ class Sparsifier:
 
     def save_masks(self, path: str | os.PathLike) -> None:
         """Masks as safetensors, 8 bits per byte, written atomically: a crash never leaves a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": MASK_FORMAT, "selection": json.dumps(self.selection),
-                "shapes": json.dumps({n: list(m.shape) for n, m in self.masks.items()})}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({n: pack_bits(m) for n, m in self.masks.items()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_masks(path, self.masks, self.selection)
 
     def load_masks(self, path: str | os.PathLike) -> None:
         self.set_masks(read_masks(path))
@@ -205,6 +195,23 @@ class Sparsifier:
                     f"{where}: mask {n!r} has shape {tuple(masks[n].shape)} but the weight has {tuple(p.shape)}; "
                     "use masks saved for this model"
                 )
+
+
+def write_masks(path: str | os.PathLike, masks: dict[str, Tensor], selection: Any = None) -> None:
+    """A mask file (read_masks) of `masks` (bool tensors by name; none: a model with nothing masked), written
+    atomically; `selection`: how the tensors were chosen, kept in the metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": MASK_FORMAT, "selection": json.dumps(selection or {}),
+            "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({n: pack_bits(m) for n, m in masks.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def pack_bits(mask: Tensor) -> Tensor:
