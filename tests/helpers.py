@@ -293,6 +293,8 @@ def make_tiny_mbart(path, texts, d_model=32, layers=1):
 
 
 # Methods that prune every tensor to the level on its own (uniform allocation); the others rank globally.
+UNIT_METHODS = {"structured"}
+TINY_HEADS = 2  # tiny_bert_config's attention heads
 PER_LAYER_METHODS = {"random_after", "random_before", "random_rigl", "wanda", "sparsegpt"}
 # Settings that keep a method's test small (oBERT's defaults: 1,024 gradients per pruning step).
 TINY_SETTINGS = {"obert": {"obert_gradients": 4, "obert_block": 8}}
@@ -308,6 +310,16 @@ def assert_exact_sparsity(record, method):
     """The run pruned exactly its target: per layer for the per-layer methods (uniform allocation), over the whole
     selection for the others (global allocation)."""
     layers, target = record["layers"], record["target_sparsity"]
+    if method in UNIT_METHODS:  # whole heads and neurons: the counts of sparsity.structured, per encoder layer
+        from smcbench.sparsity.structured import counts
+
+        for k in {layer["name"].split(".layer.")[1].split(".")[0] for layer in layers}:
+            mine = {x["name"].split(f".layer.{k}.")[1]: x for x in layers if f".layer.{k}." in x["name"]}
+            hidden = mine["attention.self.query.weight"]["shape"][1]
+            neurons = mine["intermediate.dense.weight"]["shape"][0]
+            h, n = counts(target, TINY_HEADS, 4 * hidden * hidden // TINY_HEADS, neurons, 2 * hidden)
+            assert sum(x["pruned"] for x in mine.values()) == h * 4 * hidden * hidden // TINY_HEADS + n * 2 * hidden
+        return
     if method in PER_LAYER_METHODS:
         assert all(layer["pruned"] == round(target * layer["numel"]) for layer in layers)
     else:

@@ -3,7 +3,7 @@ its settings. `paper` holds SMC-Bench's methods; `callbacks` their sparsity call
 of other packages come in through the `smcbench.methods` entry-point group, loaded once the built-ins are."""
 
 from smcbench.errors import SmcBenchError
-from smcbench.methods import learned, obert, paper, posttraining, scratch  # noqa: F401  (register the methods)
+from smcbench.methods import learned, obert, paper, posttraining, scratch, structured  # noqa: F401  (register them)
 from smcbench.methods.base import (
     DENSE,
     METHODS,
