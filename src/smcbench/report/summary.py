@@ -28,16 +28,19 @@ class TaskSummary:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # paired rule: the failing level's
     rules: dict[str, str] = field(default_factory=dict)  # method variant → the rule that judged it
     controls: dict[str, float] = field(default_factory=dict)  # dense control variant → its score
+    speedups: dict[str, dict[float, float]] = field(default_factory=dict)  # variant → level → measured speedup
 
 
-def summarise(label: str, judged: GroupVerdicts) -> TaskSummary:
-    """One (task, model) group's dense score and each method's first failing level, its interval and rule."""
+def summarise(label: str, judged: GroupVerdicts, speedups: dict[str, dict[float, float]] | None = None
+              ) -> TaskSummary:
+    """One (task, model) group's dense score and each method's first failing level, its interval and rule (and
+    the measured speedups of its pruned models, where `bench inference` measured them)."""
     methods = judged.methods
     judged_methods = {m: v for m, v in methods.items() if v.judged}
     return TaskSummary(label, judged.metric, judged.dense, {m: v.highest for m, v in methods.items()},
                        {m: v.failing for m, v in judged_methods.items()},
                        {m: v.interval for m, v in judged_methods.items() if v.interval is not None},
-                       {m: v.rule for m, v in judged_methods.items()}, dict(judged.controls))
+                       {m: v.rule for m, v in judged_methods.items()}, dict(judged.controls), dict(speedups or {}))
 
 
 def summary_table(summaries: list[TaskSummary]) -> str:
@@ -67,6 +70,9 @@ def summary_table(summaries: list[TaskSummary]) -> str:
                     text += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
                 if s.rules.get(m) == "paper" and mixed:  # marked only where the table holds both rules
                     text += " (paper's rule)"
+                bought = s.speedups.get(m, {}).get(round(level, 3)) if level is not None else None
+                if bought is not None:
+                    text += f" ×{bought:.2f}"
                 cells.append(text)
         lines.append(f"| {m.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -176,6 +176,16 @@ class TaskRun(ABC):
         """The training loss, or the model's output holding it as `.loss` (training callbacks may read it)."""
         return model(**batch)
 
+    def inference_examples(self) -> Sequence[Any]:
+        """The evaluation examples, ready for `collate`, in order: what `bench inference` times the model on."""
+        raise SmcBenchError(f"{self.name}: this task gives no inference inputs (bench inference times the tasks "
+                            "that do: commonsense, protein)")
+
+    def inference_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What serving computes on a collated batch (labels dropped): the output every inference backend is
+        checked on."""
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
     def score_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Training batches in a seeded order, for data-dependent pruning scores (SNIP)."""
         examples, _ = self.train_examples()

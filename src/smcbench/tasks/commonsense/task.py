@@ -87,6 +87,9 @@ class MultipleChoiceRun(TaskRun):
         batch["labels"] = torch.tensor([f["label"] for f in examples], dtype=torch.long)
         return batch
 
+    def inference_examples(self) -> Sequence[Features]:
+        return self._eval
+
     def train_defaults(self) -> dict:
         return {"warmup_ratio": 0.06}
 

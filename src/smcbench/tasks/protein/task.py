@@ -216,6 +216,9 @@ class ProteinRun(TaskRun):
         return {"input_ids": ids, "attention_mask": attention, "residue_mask": (attention == 1) & ~special,
                 "labels": torch.tensor([f.label for f in examples])}
 
+    def inference_examples(self) -> Sequence[Features]:
+        return self._splits[2]
+
     def initial_model(self) -> nn.Module:
         self._splits  # noqa: B018  (reads the data first: a leak check fails before any model is built)
         backbone = load_pretrained(self.model_path, "AutoModel", add_pooling_layer=False)
