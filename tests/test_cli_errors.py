@@ -95,6 +95,12 @@ CATALOGUE = [
     (["bench", "second-order", "--gradients", "-3"], "--gradients"),
     (["bench", "report", "--rows", "0"], "--rows"),
     (["bench", "optimizer", "--steps", "0"], "--steps"),
+    (["bench", "inference", "--levels", "2"], "--levels"),
+    (["bench", "inference", "--structured", "half"], "--structured"),
+    (["bench", "inference", "--runs", "nowhere"], "--runs 'nowhere': no such folder"),
+    (["bench", "inference", "--backend", "nosuch"], "--backend 'nosuch'"),
+    # shrink
+    (["shrink", "nowhere", "--out", "small"], "no config.json, masks.safetensors, model.safetensors"),
 ]
 
 SPECS = {

@@ -135,7 +135,8 @@ def test_bench_inference_on_a_grids_runs_and_the_report_section(structured_run):
 
     out, _ = structured_run
     job = {"examples": 2, "serving_batch": 2, "serving_examples": 4, "reps": 1, "threads": 1}
-    result = inference.run(out, {}, [], [], ["dense", "csr", "bsr", "shrunk"], job, None, lambda _: None)
+    result = inference.run(out, {}, [], [], ["dense", "csr", "bsr", "shrunk"], job, None, lambda _: None,
+                           isolated=False)  # the plumbing; one test of a fresh worker process is below
     rows = {r["method"]: r for r in json.loads((out / "inference.json").read_text())["rows"]}
     assert set(rows) == {"dense", "structured"} and rows["structured"]["weights"] == "run"
     assert rows["structured"]["pattern"] == "structured"
@@ -149,10 +150,20 @@ def test_bench_inference_on_a_grids_runs_and_the_report_section(structured_run):
     build(out / "results.db", out / "report")
     md = (out / "report" / "report.md").read_text()
     section = md.split("## What the sparsity buys: commonsense/csqa")[1].split("\n## ")[0]
-    assert "| structured | 0." in section and "fastest backend" in section and "- csr:" in section
+    assert "| structured | 0." in section and "fastest backend" in section and "- csr, structured models:" in section
     assert (out / "report" / "speed-commonsense-csqa-tiny-bert.png").is_file()
 
 
 def test_every_backend_is_registered_with_a_summary():
     assert {"dense", "csr", "bsr", "2:4", "deepsparse", "shrunk"} <= set(BACKENDS)
     assert all(b.summary for b in BACKENDS.values())
+
+
+def test_a_measurement_runs_in_a_fresh_worker_process(structured_run):
+    from smcbench.inference.measure import Job, measure
+
+    _, r = structured_run
+    result = measure(Job(spec=r["config"]["task"], masks=f"{r['dir']}/masks.safetensors", backend="shrunk",
+                         weights=f"{r['dir']}/model.safetensors", examples=1, serving_batch=2, serving_examples=2,
+                         reps=1, threads=1))
+    assert result["status"] == "ok" and result["max_abs_diff"] <= 1e-4 and "memory_mb" in result

@@ -55,11 +55,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_model(spec: dict, masks_path: Path, weights: str | None, backends: Sequence[str], job: dict,
-                  echo: Callable[[str], None]) -> dict[str, Any]:
+                  echo: Callable[[str], None], isolated: bool = True) -> dict[str, Any]:
     out = {}
     for name in backends:
         start = time.perf_counter()
-        out[name] = summarize(measure(Job(spec=spec, masks=str(masks_path), backend=name, weights=weights, **job)))
+        out[name] = summarize(measure(Job(spec=spec, masks=str(masks_path), backend=name, weights=weights, **job),
+                                      isolated))
         echo(f"    {name:<10} {out[name]['status'][:90]}  ({time.perf_counter() - start:.0f} s)")
     return out
 
@@ -152,7 +153,8 @@ def _nm_level(pattern: str) -> float:
     return 1 - int(nm.group(1)) / int(nm.group(2))
 
 
-def from_runs(root: Path, backends: Sequence[str], job: dict, echo: Callable[[str], None]) -> list[dict]:
+def from_runs(root: Path, backends: Sequence[str], job: dict, echo: Callable[[str], None],
+              isolated: bool = True) -> list[dict]:
     """Every finished run in a grid's output folder with masks on disk (and the dense references)."""
     from smcbench.methods import is_reference, is_sparse
     from smcbench.runner.single import MASKS, WEIGHTS
@@ -200,7 +202,7 @@ def from_runs(root: Path, backends: Sequence[str], job: dict, echo: Callable[[st
                          ("dense reference" if weights else "θ0"),
                          "sizes": disk_sizes(tensors, masks),
                          "backends": measure_model(spec, masks_path, weights, backends if sparse else ["dense"],
-                                                   job, echo)})
+                                                   job, echo, isolated)})
     return rows
 
 
@@ -209,14 +211,16 @@ def _key(r: dict) -> tuple:
 
 
 def run(runs: Path | None, spec: dict, levels: Sequence[float], patterns: Sequence[str], backends: Sequence[str],
-        job: dict, out: Path | None, echo: Callable[[str], None], structured: Sequence[float] = ()) -> dict[str, Any]:
+        job: dict, out: Path | None, echo: Callable[[str], None], structured: Sequence[float] = (),
+        isolated: bool = True) -> dict[str, Any]:
+    """Measure (`isolated`: each (model, backend) in its own process, as figures need) and write the JSON."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise SmcBenchError(f"--backend {unknown[0]!r}: choose from {', '.join(BACKENDS)}")
     if "dense" not in backends:
         backends = ["dense", *backends]  # the baseline of every ratio
     start = time.perf_counter()
-    rows = (from_runs(runs, backends, job, echo) if runs is not None
+    rows = (from_runs(runs, backends, job, echo, isolated) if runs is not None
             else synthetic(spec, levels, patterns, structured, backends, job, echo))
     result = {"machine": machine(), "job": job, "backends": {b: BACKENDS[b].summary for b in backends},
               "source": str(runs) if runs is not None else f"{spec['task']} θ0, magnitude over the encoder's "

@@ -206,9 +206,10 @@ def run_job(job: Job) -> dict[str, Any]:
             "batch1_examples": len(singles), "serving_batch": job.serving_batch, "serving_examples": count}
 
 
-def measure(job: Job) -> dict[str, Any]:
+def measure(job: Job, isolated: bool = True) -> dict[str, Any]:
     """Measure `job` in a fresh process (an external backend in its engine's own); a backend that cannot run here
-    or cannot use the masks' pattern gives its reason as the status."""
+    or cannot use the masks' pattern gives its reason as the status. `isolated=False` measures in this process
+    (tests of the plumbing: its times and memory are not figures)."""
     from smcbench.sparsity import read_masks
 
     backend = get_backend(job.backend)
@@ -219,6 +220,8 @@ def measure(job: Job) -> dict[str, Any]:
         from smcbench.inference.external import measure_external
 
         return measure_external(job)
+    if not isolated:
+        return run_job(job)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.json"
         path.write_text(json.dumps(asdict(job)))

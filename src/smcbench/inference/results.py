@@ -42,11 +42,10 @@ def pattern_of(masks: dict[str, Tensor]) -> str:
     return "unstructured"
 
 
-def crossover(rows: Sequence[dict], backend: str, key: str) -> float | None:
+def crossover(rows: Sequence[dict], backend: str, key: str, pattern: str = "unstructured") -> float | None:
     """The lowest measured sparsity from which `backend` beats dense at every measured level above it (None:
-    it does not beat dense at the highest level), over the unstructured models."""
-    points = sorted((r["achieved_sparsity"], ratio(r, backend, key)) for r in rows
-                    if r.get("pattern") == "unstructured")
+    it does not beat dense at the highest level), over the models of one sparsity pattern."""
+    points = sorted((r["achieved_sparsity"], ratio(r, backend, key)) for r in rows if r.get("pattern") == pattern)
     points = [(s, x) for s, x in points if x is not None and s > 0]
     found = None
     for s, x in reversed(points):

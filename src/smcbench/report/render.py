@@ -63,20 +63,34 @@ class Report:
         return "\n".join(parts) + "\n"
 
     def html(self) -> str:
-        def table(md: str) -> str:
-            lines = [line for line in md.splitlines() if line.startswith("|")]
-            if not lines:  # prose: a paragraph a line (a list of examples stays a list)
-                return "".join(f"<p>{html.escape(line)}</p>" for line in md.splitlines() if line.strip())
+        def table(lines: list[str]) -> str:
             rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
                     for line in lines if not set(line) <= set("|-: ")]
             head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-            prose = "".join(f"<p>{html.escape(line)}</p>" for line in md.splitlines()
-                            if line.strip() and not line.startswith("|"))
-            return f"{prose}<table><tr>{head}</tr>{body}</table>"
+            return f"<table><tr>{head}</tr>{body}</table>"
+
+        def block(kind: str, run: list[str]) -> str:
+            if kind == "table":
+                return table(run)
+            if kind == "list":
+                return "<ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in run) + "</ul>"
+            return "".join(f"<p>{html.escape(x)}</p>" for x in run if x.strip())
+
+        def blocks(md: str) -> str:
+            """Tables, bulleted lists and paragraphs in the order the markdown has them."""
+            out, run, kind = [], [], "prose"
+            for line in md.splitlines():
+                this = "table" if line.startswith("|") else "list" if line.startswith("- ") else "prose"
+                if run and this != kind:
+                    out.append(block(kind, run))
+                    run = []
+                run.append(line)
+                kind = this
+            return "".join(out) + (block(kind, run) if run else "")
 
         index = "".join(f"<li><a href='#{anchor(t)}'>{html.escape(t)}</a></li>" for t, _ in self.sections)
-        sections = "".join(f"<h2 id='{anchor(t)}'>{html.escape(t)}</h2>{table(b)}" for t, b in self.sections)
+        sections = "".join(f"<h2 id='{anchor(t)}'>{html.escape(t)}</h2>{blocks(b)}" for t, b in self.sections)
         images = "".join(
             f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,"
             f"{base64.b64encode(p.read_bytes()).decode()}'/>" for t, p in self.figures

@@ -58,11 +58,11 @@ def sections(measured: dict, variants: dict[str, str], label_of, figure) -> list
         rows = sorted(rows, key=lambda r: (variants.get(r["run_id"], r["method"]), r["target_sparsity"]))
         dense_size = next((r["sizes"]["dense"] for r in rows if r["target_sparsity"] == 0), rows[0]["sizes"]["dense"])
         lines = [where, "", "| method | sparsity | " + (rows[0].get("metric") or "score") + " | fastest backend | "
-                 "batch 1 × | serving × | Linear layers × | memory MB | size (bitmask + zlib) |",
+                 "batch 1 × | serving × | Linear layers × | its memory MB | size (bitmask + zlib) |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             top = best(r)
-            mem = [x.get("memory_mb") for x in r["backends"].values() if x.get("status") == "ok"]
+            mem = [r["backends"][top[0]]["memory_mb"]] if top else []
             name = variants.get(r["run_id"], r["method"])
             speeds = [ratio(r, top[0], k) if top else None for k in SPEEDS]
             size = r["sizes"]["bitmask_zlib"] if r["target_sparsity"] else r["sizes"]["dense"]
@@ -71,17 +71,21 @@ def sections(measured: dict, variants: dict[str, str], label_of, figure) -> list
                          + " | ".join("" if s is None else f"{s:.2f}" for s in speeds)
                          + f" | {f'{min(mem):.0f}' if mem else ''} | {size / 1e6:.1f} MB ({size / dense_size:.2f} "
                          "of dense) |")
-        lines += ["", "From which level a backend beats dense at every level measured above it, per figure:"]
+        lines += ["", "From which level a backend beats dense at every level measured above it (per sparsity "
+                  "pattern; \"never\": not at the highest level measured):"]
         for backend in measured.get("backends", {}):
             if backend == "dense":
                 continue
-            reasons = {x.get("status") for r in rows for x in [r["backends"].get(backend, {})]
-                       if x.get("status", "ok") != "ok"}
-            cross = {k: crossover(rows, backend, k) for k in SPEEDS}
-            text = ", ".join(f"{LABELS[k]}: " + ("never" if v is None else f"from {v:.3f}") for k, v in cross.items())
-            if all(v is None for v in cross.values()) and reasons:
-                text += f" ({sorted(reasons)[0]})"
-            lines.append(f"- {backend}: {text}")
+            patterns = sorted({r.get("pattern", "") for r in rows if r["backends"].get(backend, {}).get("status")
+                               == "ok" and r.get("pattern") != "dense"})
+            for pattern in patterns:
+                cross = {k: crossover(rows, backend, k, pattern) for k in SPEEDS}
+                lines.append(f"- {backend}, {pattern} models: " + ", ".join(
+                    f"{LABELS[k]} " + ("never" if v is None else f"from {v:.3f}") for k, v in cross.items()))
+            if not patterns:
+                reasons = sorted({r["backends"].get(backend, {}).get("status", "not run") for r in rows
+                                  if r.get("pattern") != "dense"})
+                lines.append(f"- {backend}: never measured here ({reasons[0]})")
         out.append((f"What the sparsity buys: {label_of(key)}", "\n".join(lines)))
         figure(pareto(rows, variants, label_of(key)), f"speed-{key[0].replace('/', '-')}-{Path(key[1]).name}",
                f"Score vs measured speedup: {label_of(key)}")
@@ -110,7 +114,7 @@ def pareto(rows: list[dict], variants: dict[str, str], label: str):
         ax.plot([x for x, _ in front], [sign * y for _, y in front], color="gray", linestyle="--", label="Pareto front")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("measured batch-1 speedup over dense (best checked backend)")
-    ax.set_ylabel("score")
+    ax.set_ylabel(rows[0].get("metric") or "score")
     ax.set_title(label)
     ax.legend(fontsize=7)
     return fig
