@@ -99,7 +99,7 @@ def structured_run(tiny_model_path, data_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("structured")
     [record] = execute(csqa_request(tiny_model_path, data_root, out, "structured", [0.5]))
-    return out, record
+    return out, record, str(data_root)  # a run's identity leaves its data folder out: the tests give it
 
 
 def test_shrink_command_writes_a_smaller_model_with_the_runs_outputs(structured_run, tmp_path):
@@ -111,21 +111,21 @@ def test_shrink_command_writes_a_smaller_model_with_the_runs_outputs(structured_
     from smcbench.sparsity.structured import counts, removed
     from smcbench.structure import load_shrunk, units
 
-    _, r = structured_run
+    _, r, data = structured_run
     masks = read_masks(f"{r['dir']}/masks.safetensors")
-    task = task_for(r["config"]["task"])
+    task = task_for({**r["config"]["task"], "data_dir": data})
     expected = masked_model(task, f"{r['dir']}/model.safetensors", masks)
     h, n = counts(0.5, 2, 4 * 16 * 8, 32, 2 * 16)  # the tiny model: 2 heads of 8, 32 neurons per layer
     gone = removed(units(expected), masks)
     assert sum(u.kind == "head" for u in gone) == 2 * h and sum(u.kind == "neuron" for u in gone) == 2 * n
-    result = CliRunner().invoke(app, ["shrink", r["dir"], "--out", str(tmp_path / "small")])
+    result = CliRunner().invoke(app, ["shrink", r["dir"], "--out", str(tmp_path / "small"), "--data-dir", data])
     assert result.exit_code == 0, result.output
     small = load_shrunk(tmp_path / "small")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in expected.parameters())
     batch = task.collate(list(task.inference_examples())[:3])
     torch.testing.assert_close(task.inference_forward(small, batch), task.inference_forward(expected, batch),
                                atol=1e-5, rtol=1e-5)
-    again = CliRunner().invoke(app, ["shrink", r["dir"], "--out", str(tmp_path / "small")])
+    again = CliRunner().invoke(app, ["shrink", r["dir"], "--out", str(tmp_path / "small"), "--data-dir", data])
     assert again.exit_code != 0 and "not empty" in again.output
 
 
@@ -133,9 +133,10 @@ def test_bench_inference_on_a_grids_runs_and_the_report_section(structured_run):
     from smcbench.bench import inference
     from smcbench.report.render import build
 
-    out, _ = structured_run
+    out, _, data = structured_run
     job = {"examples": 2, "serving_batch": 2, "serving_examples": 4, "reps": 1, "threads": 1}
-    result = inference.run(out, {}, [], [], ["dense", "csr", "bsr", "shrunk"], job, None, lambda _: None,
+    result = inference.run(out, {"data_dir": data}, [], [], ["dense", "csr", "bsr", "shrunk"],
+                           job, None, lambda _: None,
                            isolated=False)  # the plumbing; one test of a fresh worker process is below
     rows = {r["method"]: r for r in json.loads((out / "inference.json").read_text())["rows"]}
     assert set(rows) == {"dense", "structured"} and rows["structured"]["weights"] == "run"
@@ -162,8 +163,9 @@ def test_every_backend_is_registered_with_a_summary():
 def test_a_measurement_runs_in_a_fresh_worker_process(structured_run):
     from smcbench.inference.measure import Job, measure
 
-    _, r = structured_run
-    result = measure(Job(spec=r["config"]["task"], masks=f"{r['dir']}/masks.safetensors", backend="shrunk",
+    _, r, data = structured_run
+    result = measure(Job(spec={**r["config"]["task"], "data_dir": data}, masks=f"{r['dir']}/masks.safetensors",
+                         backend="shrunk",
                          weights=f"{r['dir']}/model.safetensors", examples=1, serving_batch=2, serving_examples=2,
                          reps=1, threads=1))
     assert result["status"] == "ok" and result["max_abs_diff"] <= 1e-4 and "memory_mb" in result

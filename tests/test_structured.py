@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from helpers import tiny_bert_config
 from smcbench.errors import SmcBenchError
-from smcbench.sparsity.structured import counts, magnitude_scores, removed, structured_masks
-from smcbench.structure import load_shrunk, save_shrunk, shrink, unit_tensors, units
+from smcbench.sparsity.structured import counts, removed
+from smcbench.structure import load_shrunk, save_shrunk, shrink, unit_masks, units
 
 
 @given(st.floats(0.0, 0.95), st.integers(2, 16), st.integers(1, 64), st.integers(2, 256), st.integers(1, 8))
@@ -39,10 +39,7 @@ def test_units_of_a_bert_layer_are_heads_and_neurons():
 
 
 def masks_at(net, level):
-    found = units(net)
-    tensors = unit_tensors(found)
-    params = {n: p.detach() for n, p in net.named_parameters() if n in tensors}
-    return found, structured_masks(found, params, magnitude_scores(found, params), level, tensors)
+    return units(net), unit_masks(net, level)
 
 
 def test_masks_prune_the_counted_lowest_norm_units_in_every_layer():
@@ -78,3 +75,31 @@ def test_shrunk_model_has_the_masked_models_outputs_and_reloads(tmp_path):
     save_shrunk(net, gone, tmp_path / "shrunk")
     again = load_shrunk(tmp_path / "shrunk")
     torch.testing.assert_close(again(input_ids=ids).logits, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_taylor_score_is_the_absolute_first_order_change_of_the_unit():
+    from smcbench.methods.structured import taylor_scores
+    from smcbench.sparsity.structured import Slice, Unit
+
+    w = {"a": torch.tensor([[1.0, -2.0], [3.0, 4.0]]), "b": torch.tensor([[0.5, 1.0], [2.0, -1.0]])}
+    g = {"a": torch.tensor([[1.0, 1.0], [0.0, 2.0]]), "b": torch.tensor([[2.0, 0.0], [1.0, 1.0]])}
+    row0 = Unit("neuron", 0, 0, (Slice("a", 0, 0, 1), Slice("b", 1, 0, 1)))  # a's row 0, b's column 0
+    row1 = Unit("neuron", 0, 1, (Slice("a", 0, 1, 2), Slice("b", 1, 1, 2)))
+    # row 0: 1·1 + (−2)·1 + 0.5·2 + 2·1 = 2; row 1: 3·0 + 4·2 + 1·0 + (−1)·1 = 7
+    assert taylor_scores([row0, row1], w, g).tolist() == [2.0, 7.0]
+
+
+def test_structured_with_the_taylor_score_prunes_the_counted_units(tiny_model_path, data_root, tmp_path):
+    from helpers import csqa_request
+    from smcbench.runner.single import execute
+    from smcbench.sparsity import read_masks
+
+    [r] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "structured", [0.5], structured_score="taylor",
+                               structured_batches=2, retrain=False))
+    masks = read_masks(f"{r['dir']}/masks.safetensors")
+    from transformers import AutoModelForMultipleChoice
+
+    gone = removed(units(AutoModelForMultipleChoice.from_pretrained(tiny_model_path)), masks)
+    h, n = counts(0.5, 2, 4 * 16 * 8, 32, 2 * 16)
+    assert sum(u.kind == "head" for u in gone) == 2 * h and sum(u.kind == "neuron" for u in gone) == 2 * n
+    assert r["notes"]["retrained"] is False

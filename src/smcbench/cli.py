@@ -496,9 +496,12 @@ def shrink(
     run_dir: Path = typer.Argument(..., help="A finished run's folder (config.json, masks.safetensors and "
                                    "model.safetensors: run it with --keep-weights all)."),
     out: Path = typer.Option(..., help="The folder to write: the physically smaller model."),
+    data_dir: str | None = typer.Option(None, help="The run's data folder (default ../shared/data)."),
 ) -> None:
     """Remove the attention heads and feed-forward neurons a run pruned entirely (e.g. `structured`): a smaller
     transformers model with the same outputs, reloaded by smcbench.structure.load_shrunk."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from smcbench.inference.measure import masked_model, task_for
@@ -514,7 +517,7 @@ def shrink(
     if out.exists() and any(out.iterdir()):
         fail(f"--out {str(out)!r} exists and is not empty: give a new folder")
     config = json.loads((run_dir / "config.json").read_text())
-    task = task_for(config["task"])
+    task = task_for({**config["task"], **({"data_dir": data_dir} if data_dir else {})})
     masks = read_masks(run_dir / MASKS)
     model = masked_model(task, str(run_dir / WEIGHTS), masks)
     if not hasattr(model, "save_pretrained"):
@@ -523,8 +526,13 @@ def shrink(
     removed = remove_units(model, masks)
     if not removed:
         fail(f"{str(run_dir)!r}: its masks prune no whole attention head or feed-forward neuron")
-    save_shrunk(model, removed, out)
-    load_file(str(next(out.glob("*.safetensors"))))  # written and readable
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed: a failure leaves no half model
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_shrunk(model, removed, tmp)
+    load_file(str(next(tmp.glob("*.safetensors"))))  # written and readable
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.rename(out)
     after = sum(p.numel() for p in model.parameters())
     typer.echo(f"{out}: {after:,} parameters (from {before:,}; {sum(map(len, removed.values())):,} units removed)")
 
@@ -605,7 +613,7 @@ def bench_inference(
                                      "model pruned by magnitude at --levels."),
     task: str = typer.Option("commonsense/csqa", help="Task whose evaluation inputs are timed (without --runs)."),
     model: str = typer.Option(None, help="Model (without --runs; default: the task's)."),
-    data_dir: str = typer.Option(None, help="Data folder (default ../shared/data)."),
+    data_dir: str = typer.Option(None, help="Data folder (default ../shared/data; --runs: where the runs' data is)."),
     max_length: int = typer.Option(64, min=8, help="Tokens per input (without --runs; --runs: each run's)."),
     levels: str = typer.Option(",".join(f"{x:g}" for x in (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.79, 0.832,
                                                            0.866, 0.893)), help="Sparsities (without --runs)."),

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from smcbench.errors import SmcBenchError
-from smcbench.sparsity.structured import Slice, Unit, removed
+from smcbench.sparsity.structured import Slice, Unit, magnitude_scores, removed, structured_masks
 
 LAYER = re.compile(r"^(.*\.layer\.(\d+))\.attention\.self$")
 
@@ -54,6 +54,16 @@ def units(model: nn.Module) -> list[Unit]:
 
 def unit_tensors(found: list[Unit]) -> list[str]:
     return sorted({s.tensor for u in found for s in u.slices})
+
+
+def unit_masks(model: nn.Module, level: float, scores: Tensor | None = None) -> dict[str, Tensor]:
+    """Masks of every head and neuron tensor of `model` with whole units pruned at `level`
+    (sparsity.structured.counts), the lowest by `scores` (one per unit, in `units` order; default: magnitude)."""
+    found = units(model)
+    tensors = unit_tensors(found)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in tensors}
+    return structured_masks(found, params, magnitude_scores(found, params) if scores is None else scores, level,
+                            tensors)
 
 
 def _keep(index: Tensor, linear: nn.Linear, dim: int) -> nn.Linear:

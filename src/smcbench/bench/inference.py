@@ -65,17 +65,6 @@ def measure_model(spec: dict, masks_path: Path, weights: str | None, backends: S
     return out
 
 
-def structured_masks_of(model: torch.nn.Module, level: float) -> dict[str, torch.Tensor]:
-    """Whole heads and neurons by magnitude at `level` (the `structured` method's masks, on these weights)."""
-    from smcbench.sparsity.structured import magnitude_scores, structured_masks
-    from smcbench.structure import unit_tensors, units
-
-    found = units(model)
-    tensors = unit_tensors(found)
-    params = {n: p.detach() for n, p in model.named_parameters() if n in tensors}
-    return structured_masks(found, params, magnitude_scores(found, params), level, tensors)
-
-
 def flop_ratio(model: torch.nn.Module, masks: dict[str, torch.Tensor], shapes: list[tuple[int, int]]) -> float:
     """Encoder FLOPs of the model over those of its shrunk copy on these input shapes: the speedup the removed
     units predict."""
@@ -101,6 +90,7 @@ def synthetic(spec: dict, levels: Sequence[float], patterns: Sequence[str], stru
               backends: Sequence[str], job: dict, echo: Callable[[str], None]) -> list[dict]:
     """The task's θ0 pruned by magnitude over the encoder's Linear layers at each level (uniform), with each N:M
     pattern in `patterns`, and by whole heads and neurons at each `structured` level; then measured."""
+    from smcbench import structure
     from smcbench.sparsity import Sparsifier
     from smcbench.sparsity.sparsifier import write_masks
 
@@ -117,7 +107,7 @@ def synthetic(spec: dict, levels: Sequence[float], patterns: Sequence[str], stru
             sp = Sparsifier(model, "esm")
             flops = None
             if allocation == "structured":
-                unit_masks = structured_masks_of(model, level)
+                unit_masks = structure.unit_masks(model, level)
                 sp.set_masks({**{n: torch.ones_like(p, dtype=torch.bool) for n, p in sp.params.items()},
                               **unit_masks})
                 flops = flop_ratio(model, unit_masks, shapes)
@@ -154,8 +144,9 @@ def _nm_level(pattern: str) -> float:
 
 
 def from_runs(root: Path, backends: Sequence[str], job: dict, echo: Callable[[str], None],
-              isolated: bool = True) -> list[dict]:
-    """Every finished run in a grid's output folder with masks on disk (and the dense references)."""
+              isolated: bool = True, data_dir: str | None = None) -> list[dict]:
+    """Every finished run in a grid's output folder with masks on disk (and the dense references); `data_dir`:
+    where their data is (a run's identity leaves the folder out; default: the default data folder)."""
     from smcbench.methods import is_reference, is_sparse
     from smcbench.runner.single import MASKS, WEIGHTS
     from smcbench.runner.store import ResultStore
@@ -177,7 +168,7 @@ def from_runs(root: Path, backends: Sequence[str], job: dict, echo: Callable[[st
             ref = refs.get(_key(r))
             weights = next((str(p) for p in (folder / WEIGHTS, Path(ref["dir"]) / WEIGHTS if ref else None)
                             if p is not None and p.is_file()), None)
-            spec = r["config"]["task"]
+            spec = {**r["config"]["task"], **({"data_dir": data_dir} if data_dir else {})}
             if sparse:
                 if not (folder / MASKS).is_file():
                     echo(f"  {r['run_id']}: no masks on disk: skipped")
@@ -220,7 +211,7 @@ def run(runs: Path | None, spec: dict, levels: Sequence[float], patterns: Sequen
     if "dense" not in backends:
         backends = ["dense", *backends]  # the baseline of every ratio
     start = time.perf_counter()
-    rows = (from_runs(runs, backends, job, echo, isolated) if runs is not None
+    rows = (from_runs(runs, backends, job, echo, isolated, spec.get("data_dir")) if runs is not None
             else synthetic(spec, levels, patterns, structured, backends, job, echo))
     result = {"machine": machine(), "job": job, "backends": {b: BACKENDS[b].summary for b in backends},
               "source": str(runs) if runs is not None else f"{spec['task']} θ0, magnitude over the encoder's "

@@ -24,8 +24,8 @@ from smcbench.methods.paper import retrain
 from smcbench.methods.recipe import RecipeSettings
 from smcbench.settings import Settings
 from smcbench.sparsity import Sparsifier, accumulate_gradients
-from smcbench.sparsity.structured import Unit, magnitude_scores, structured_masks
-from smcbench.structure import unit_tensors, units
+from smcbench.sparsity.structured import Unit
+from smcbench.structure import unit_masks, unit_tensors, units
 
 
 class StructuredSettings(RecipeSettings):
@@ -42,7 +42,7 @@ class StructuredSettings(RecipeSettings):
 
 
 def taylor_scores(found: list[Unit], params: dict[str, nn.Parameter], grads: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.stack([(u.values(params).float() * u.values(grads).float()).sum().abs() for u in found])
+    return torch.stack([(u.values(params).detach().float() * u.values(grads).float()).sum().abs() for u in found])
 
 
 @register_method
@@ -60,16 +60,14 @@ class Structured(Method):
         return 1.0 if settings.retrain else 0.0
 
     def masks(self, exp: Experiment, model: nn.Module, level: float) -> dict[str, torch.Tensor]:
-        found = units(model)
-        tensors = unit_tensors(found)
-        params = dict(model.named_parameters())
+        scores = None  # magnitude
         if exp.settings.structured_score == "taylor":
-            grads = accumulate_gradients({t: params[t] for t in tensors}, lambda b: exp.loss(model, b),
+            found = units(model)
+            params = dict(model.named_parameters())
+            grads = accumulate_gradients({t: params[t] for t in unit_tensors(found)}, lambda b: exp.loss(model, b),
                                          exp.score_batches(), exp.settings.structured_batches)
             scores = taylor_scores(found, params, grads)
-        else:
-            scores = magnitude_scores(found, params)
-        return structured_masks(found, {t: params[t].detach() for t in tensors}, scores, level, tensors)
+        return unit_masks(model, level, scores)
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         for s in sparsities:
