@@ -91,6 +91,7 @@ def synthetic(spec: dict, levels: Sequence[float], patterns: Sequence[str], stru
     """The task's θ0 pruned by magnitude over the encoder's Linear layers at each level (uniform), with each N:M
     pattern in `patterns`, and by whole heads and neurons at each `structured` level; then measured."""
     from smcbench import structure
+    from smcbench.methods.structured import unit_sparsifier
     from smcbench.sparsity import Sparsifier
     from smcbench.sparsity.sparsifier import write_masks
 
@@ -108,8 +109,7 @@ def synthetic(spec: dict, levels: Sequence[float], patterns: Sequence[str], stru
             flops = None
             if allocation == "structured":
                 unit_masks = structure.unit_masks(model, level)
-                sp.set_masks({**{n: torch.ones_like(p, dtype=torch.bool) for n, p in sp.params.items()},
-                              **unit_masks})
+                sp = unit_sparsifier(model, unit_masks)
                 flops = flop_ratio(model, unit_masks, shapes)
             elif allocation is not None:
                 sp.prune(level, "magnitude", allocation)

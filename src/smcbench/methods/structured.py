@@ -41,6 +41,14 @@ class StructuredSettings(RecipeSettings):
         return Sparsifier(model, "esm")
 
 
+def unit_sparsifier(model: nn.Module, masks: dict[str, torch.Tensor]) -> Sparsifier:
+    """A sparsifier over the attention and feed-forward weights holding whole-unit masks (the unit tensors'
+    masks; any other selected tensor kept whole)."""
+    sp = Sparsifier(model, "esm")
+    sp.set_masks({**{n: torch.ones_like(p, dtype=torch.bool) for n, p in sp.params.items()}, **masks})
+    return sp
+
+
 def taylor_scores(found: list[Unit], params: dict[str, nn.Parameter], grads: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([(u.values(params).detach().float() * u.values(grads).float()).sum().abs() for u in found])
 
@@ -72,9 +80,7 @@ class Structured(Method):
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         for s in sparsities:
             model = exp.dense_model()
-            sp = exp.settings.sparsifier(model)
-            sp.set_masks({**{n: torch.ones_like(p, dtype=torch.bool) for n, p in sp.params.items()},
-                          **self.masks(exp, model, s)})
+            sp = unit_sparsifier(model, self.masks(exp, model, s))
             notes = {"achieved_in_selection": sp.sparsity()}
             if exp.settings.retrain:
                 out = retrain(exp, model, sp, s, f"structured@{s:.3f}")
