@@ -210,3 +210,96 @@ def test_the_learned_phase_is_trained_once_for_every_level(tiny_model_path, data
     assert node.request.sparsities == [0.2, 0.36] and not node.done()
     assert run_local([node]) == {node.id: "ran"} and node.done()
     assert run_local([node]) == {node.id: "done"}
+
+
+# --- the fused elementwise work (penalties, gates) against plain autograd ------------------------------------------
+
+from smcbench.sparsity import learned as engine  # noqa: E402
+
+
+def _weights_and_log_sigma2(n=200_003):  # not a multiple of the chunk: the last chunk is partial
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(n, generator=gen) * 0.05
+    w[:5] = torch.tensor([0.0, 1e-6, -1e-6, 3.0, -3.0])  # log α far past both clamps
+    s = torch.randn(n, generator=gen) * 3 - 8
+    s[:5] = torch.tensor([-8.0, -8.0, -8.0, -12.0, -12.0])
+    return w, s
+
+
+def test_the_fused_vd_penalty_and_its_gradients_equal_autograd_on_the_formula():
+    w, s = _weights_and_log_sigma2()
+    w1, s1 = w.clone().requires_grad_(), s.clone().requires_grad_()
+    ref = vd_kl((s1 - torch.log(w1.square() + engine.EPS)).clamp(*engine.LOG_ALPHA_CLIP)).double().sum()
+    ref.backward()
+    w2, s2 = w.clone().requires_grad_(), s.clone().requires_grad_()
+    got = engine._VDKLSum.apply(s2, w2)
+    (got * 2).backward()  # the incoming gradient scales both
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(s2.grad, 2 * s1.grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(w2.grad, 2 * w1.grad, rtol=1e-5, atol=1e-6)
+    assert (s2.grad[:5] == 0).all() and (s2.grad[5:] != 0).any()  # clamped: no gradient, as torch's clamp gives
+
+
+def test_the_fused_l0_penalty_and_gate_sample_equal_autograd_on_the_formula():
+    _, la = _weights_and_log_sigma2()
+    la = la + 8  # around 0: gates of every kind (closed, open, in between)
+    a1, a2 = la.clone().requires_grad_(), la.clone().requires_grad_()
+    gate_open_probability(a1).double().sum().backward()
+    got = engine._OpenProbabilitySum.apply(a2)
+    got.backward()
+    assert got.item() == pytest.approx(gate_open_probability(la).double().sum().item(), rel=1e-6)
+    torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-6, atol=1e-9)
+
+    u = torch.rand(la.shape, generator=torch.Generator().manual_seed(8))
+    a1, a2 = la.clone().requires_grad_(), la.clone().requires_grad_()
+    uc = u.clamp(engine.EPS, 1 - engine.EPS)
+    s = torch.sigmoid((torch.log(uc) - torch.log1p(-uc) + a1) / engine.L0_BETA)
+    ref = (s * (engine.L0_ZETA - L0_GAMMA) + L0_GAMMA).clamp(0.0, 1.0)
+    got = hard_concrete_sample(a2, u)
+    assert torch.equal(got, ref.detach())  # the same operations in the same order: bit for bit
+    upstream = torch.randn(la.shape, generator=torch.Generator().manual_seed(9))
+    ref.backward(upstream)
+    got.backward(upstream)
+    torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-5, atol=1e-9)
+    assert ((got == 0) | (got == 1)).any() and (a2.grad[(got == 0) | (got == 1)] == 0).all()
+
+
+def test_vd_on_a_plain_embedding_looks_up_log_sigma2_rows_with_the_full_tables_values():
+    torch.manual_seed(10)
+    emb = nn.Embedding(50, 4, padding_idx=0)
+    vd = VariationalDropout(emb, {"weight": emb.weight})
+    with torch.no_grad():
+        vd.extra["weight"].copy_(torch.randn(50, 4) - 3)
+    vd.install()
+    ids = torch.tensor([[0, 3, 3, 7]])
+    torch.manual_seed(11)
+    out = emb(ids)
+    torch.manual_seed(11)
+    noise = torch.randn(1, 4, 4)
+    sigma = vd.extra["weight"].exp().sqrt()[ids]
+    assert torch.equal(out.detach(), (emb.weight[ids] + sigma * noise).detach())
+    out.sum().backward()
+    grad = vd.extra["weight"].grad
+    assert (grad[0] == 0).all() and (grad[3] != 0).all() and (grad[[1, 2, 4]] == 0).all()  # padding: none
+    vd.remove()
+    assert "forward" not in emb.__dict__ and torch.equal(emb(ids), emb.weight[ids])
+
+
+def test_l0_on_a_plain_embedding_gates_each_looked_up_row_once_and_nothing_else():
+    torch.manual_seed(12)
+    emb = nn.Embedding(30, 6, padding_idx=2)
+    gates = L0Gates(emb, {"weight": emb.weight}, initial_keep=0.5)
+    gates.install()
+    ids = torch.tensor([[5, 2, 5, 9], [9, 9, 1, 2]])
+    out = emb(ids)
+    z = out / emb.weight[ids]  # the gate each position got
+    assert torch.equal(z[0, 0], z[0, 2]) and torch.equal(z[0, 3], z[1, 0]) and torch.equal(z[1, 0], z[1, 1])
+    assert ((z >= 0) & (z <= 1))[ids != 2].all() and (out[ids == 2] == 0).all()  # the padding row is zeros
+    out.sum().backward()
+    used = torch.zeros(30, dtype=torch.bool)
+    used[[5, 9, 1]] = True
+    assert (gates.extra["weight"].grad[~used] == 0).all() and (emb.weight.grad[~used] == 0).all()
+    # Over many calls the row gates follow the whole table's distribution: P(z > 0) as the penalty counts it.
+    with torch.no_grad():
+        opened = torch.stack([(emb(torch.tensor([5])) != 0).float() for _ in range(4000)]).mean()
+    assert opened.item() == pytest.approx(gate_open_probability(gates.extra["weight"][5]).mean().item(), abs=0.03)

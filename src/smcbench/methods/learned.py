@@ -134,7 +134,9 @@ class LearnedSparsityMethod(Method):
 class SparseVD(LearnedSparsityMethod):
     name = "variational_dropout"
     settings = VDSettings
-    version = 2  # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused
+    # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused. 3: the KL penalty's
+    # gradient computed fused (sums in another order: last-bit differences), σ looked up before exp on embeddings.
+    version = 3
     penalty_field = "vd_kl_weight"
     summary = "sparse variational dropout (Molchanov et al.) from θ0, ranked by log α, short fixed-mask finish"
 
@@ -146,7 +148,10 @@ class SparseVD(LearnedSparsityMethod):
 class L0(LearnedSparsityMethod):
     name = "l0"
     settings = L0Settings
-    version = 2  # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused
+    # 2: kd applies to the learned phase too (1: only to the fixed-mask finish); lrr refused. 3: an embedding's
+    # gates sampled for the rows a batch looks up only (the same distribution, other random draws), each layer's
+    # forward run once (with θ ⊙ z) instead of twice.
+    version = 3
     penalty_field = "l0_lambda"
     summary = "L0 hard-concrete gates (Louizos et al.) from θ0, ranked by gate probability, short fixed-mask finish"
 

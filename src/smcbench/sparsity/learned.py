@@ -2,7 +2,7 @@
 pruning): sparse variational dropout (Molchanov et al. 2017) and L0 regularisation with hard-concrete gates
 (Louizos et al. 2018). Pure torch, tensors and modules only.
 
-A `LearnedSparsity` owns one extra tensor per selected weight and enters the model through forward hooks on the
+A `LearnedSparsity` owns one extra tensor per selected weight and enters the model by wrapping the forward of the
 modules owning those weights (Linear and Embedding), so the model's own parameters and state_dict keys never
 change. It offers what the training loop needs (its parameters, a penalty for the loss, evaluation-time weights)
 and what the benchmark needs afterwards: the sparsity it reached by itself and a score to rank weights by, so a run
@@ -40,12 +40,101 @@ def vd_kl(log_alpha: Tensor) -> Tensor:
     return -neg_kl
 
 
+# Elementwise work over every selected weight each step (the penalties, the gates) runs chunk by chunk with its
+# gradient computed on the way, in one fused autograd function: autograd's full-size temporaries (a dozen tensors
+# of the model's size, each written and read back from memory) cost more than the training step itself did.
+_CHUNK = 1 << 16
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    return [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+
+
+class _VDKLSum(torch.autograd.Function):
+    """Σ vd_kl(log α) over one tensor, log α = clamp(log σ² − log(θ² + ε)); the gradients w.r.t. log σ² and θ are
+    computed in the forward pass (the clamp passes gradient on [lo, hi], as torch's does)."""
+
+    @staticmethod
+    def forward(ctx, log_sigma2: Tensor, weight: Tensor) -> Tensor:
+        s = log_sigma2.detach().reshape(-1)
+        w = weight.detach().reshape(-1)
+        grad_s = torch.empty_like(s)
+        grad_w = torch.empty(s.shape, dtype=torch.float32, device=s.device)
+        total = torch.zeros((), dtype=torch.float64, device=s.device)
+        lo, hi = LOG_ALPHA_CLIP
+        for a, b in _chunks(s.numel()):
+            wc = w[a:b].float()
+            w2 = wc.square().add_(EPS)
+            la = s[a:b] - w2.log()
+            inside = (la >= lo) & (la <= hi)
+            la.clamp_(lo, hi)
+            z = torch.sigmoid(la * KL_K3 + KL_K2)
+            # kl = k1 − k1·σ(k2 + k3·la) + ½·softplus(−la); dkl/dla = −k1·k3·σ(·)(1 − σ(·)) − ½·σ(−la)
+            total += (F.softplus(-la).mul_(0.5).sub_(z, alpha=KL_K1).add_(KL_K1)).sum(dtype=torch.float64)
+            g = z.mul_(z.neg().add_(1.0)).mul_(-KL_K1 * KL_K3).sub_(torch.sigmoid(la.neg_()), alpha=0.5)
+            g.mul_(inside)
+            grad_s[a:b] = g
+            grad_w[a:b] = g.mul_(wc).mul_(-2.0).div_(w2)
+        ctx.save_for_backward(grad_s.view_as(log_sigma2), grad_w.view(weight.shape))
+        ctx.weight_dtype = weight.dtype
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        grad_s, grad_w = ctx.saved_tensors
+        return grad_s * grad, (grad_w * grad).to(ctx.weight_dtype)
+
+
+class _HardConcreteSample(torch.autograd.Function):
+    """hard_concrete_sample with u drawn for the whole tensor at once (the same draws as one rand_like), then the
+    gate and its derivative chunk by chunk; the derivative is kept in u's buffer."""
+
+    @staticmethod
+    def forward(ctx, log_alpha: Tensor, u: Tensor | None) -> Tensor:
+        la = log_alpha.detach().reshape(-1)
+        u = torch.rand_like(la) if u is None else u.detach().reshape(-1).clone()
+        z = torch.empty_like(la)
+        for a, b in _chunks(la.numel()):
+            uc = u[a:b].clamp_(EPS, 1 - EPS)
+            s = torch.sigmoid((uc.log() - torch.log1p(-uc)).add_(la[a:b]).div_(L0_BETA))
+            zr = s * (L0_ZETA - L0_GAMMA) + L0_GAMMA
+            torch.clamp(zr, 0.0, 1.0, out=z[a:b])
+            # dz/dlog α = (ζ − γ)·s(1 − s)/β where the stretched gate is inside [0, 1], else 0
+            uc.copy_(s.mul_(s.neg().add_(1.0)).mul_((L0_ZETA - L0_GAMMA) / L0_BETA).mul_((zr >= 0) & (zr <= 1)))
+        ctx.save_for_backward(u.view_as(log_alpha))
+        return z.view_as(log_alpha)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (dz,) = ctx.saved_tensors
+        return grad * dz, None
+
+
+class _OpenProbabilitySum(torch.autograd.Function):
+    """Σ gate_open_probability(log α) over one tensor, with its gradient p(1 − p) computed on the way."""
+
+    @staticmethod
+    def forward(ctx, log_alpha: Tensor) -> Tensor:
+        la = log_alpha.detach().reshape(-1)
+        grad = torch.empty_like(la)
+        total = torch.zeros((), dtype=torch.float64, device=la.device)
+        shift = L0_BETA * math.log(-L0_GAMMA / L0_ZETA)
+        for a, b in _chunks(la.numel()):
+            p = torch.sigmoid(la[a:b] - shift)
+            total += p.sum(dtype=torch.float64)
+            grad[a:b] = p.mul_(p.neg().add_(1.0))
+        ctx.save_for_backward(grad.view_as(log_alpha))
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (g,) = ctx.saved_tensors
+        return g * grad
+
+
 def hard_concrete_sample(log_alpha: Tensor, u: Tensor | None = None) -> Tensor:
     """z = min(1, max(0, s(ζ − γ) + γ)), s = σ((log u − log(1 − u) + log α)/β), u ~ U(0, 1)."""
-    if u is None:
-        u = torch.rand_like(log_alpha).clamp(EPS, 1 - EPS)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / L0_BETA)
-    return (s * (L0_ZETA - L0_GAMMA) + L0_GAMMA).clamp(0.0, 1.0)
+    return _HardConcreteSample.apply(log_alpha, u)
 
 
 def hard_concrete_deterministic(log_alpha: Tensor) -> Tensor:
@@ -67,23 +156,22 @@ def owners(model: nn.Module, params: dict[str, nn.Parameter]) -> tuple[dict[str,
     return {n: ms for n, ms in found.items() if n not in bad}, bad
 
 
-class _Substitute:
-    """Runs a module's own forward with another weight (so a subclass's extras, e.g. a scaled embedding, stay),
-    from inside that module's forward hook: the re-entry is flagged so the hook lets it through."""
+Run = Callable[[Tensor | None], Tensor]
 
-    def __init__(self) -> None:
-        self.active = False
 
-    def __call__(self, module: nn.Module, weight: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        self.active = True
-        try:
-            return torch.func.functional_call(module, {"weight": weight}, args, kwargs)
-        finally:
-            self.active = False
+def _plain_embedding(module: nn.Module) -> bool:
+    """An nn.Embedding whose output is the looked-up rows themselves (no subclass scaling, no max_norm): the
+    methods may then work on the looked-up rows only instead of the whole table."""
+    return type(module) is nn.Embedding and module.max_norm is None
+
+
+def _input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["input"]
 
 
 class LearnedSparsity(ABC):
-    """Per-weight parameters over `params` (named weights of `model`), entering through forward hooks."""
+    """Per-weight parameters over `params` (named weights of `model`), entering by wrapping each owning module's
+    forward (an instance attribute; removed by `remove`)."""
 
     kind: str
 
@@ -94,16 +182,17 @@ class LearnedSparsity(ABC):
                                 "sparsity (variational dropout, L0) handles those only")
         self.params = params
         self.extra: dict[str, nn.Parameter] = {n: nn.Parameter(self.initial(p)) for n, p in params.items()}
-        self._handles: list = []
-        self._substitute = _Substitute()
+        self._wrapped: list[nn.Module] = []
 
     @abstractmethod
     def initial(self, weight: Tensor) -> Tensor:
         """The extra tensor's initial value for `weight`."""
 
     @abstractmethod
-    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-        """The module's output as the method sees it (training or evaluation, by `module.training`)."""
+    def forward_output(self, name: str, module: nn.Module, run: Run, args: tuple, kwargs: dict) -> Tensor:
+        """The module's output as the method sees it (training or evaluation, by `module.training`).
+        `run(w)` is the module's own forward on the inputs with weight `w` in place of its own (None: its own), so
+        a subclass's extras (a scaled embedding) stay and no forward is computed twice."""
 
     @abstractmethod
     def penalty(self) -> Tensor:
@@ -121,28 +210,41 @@ class LearnedSparsity(ABC):
         return list(self.extra.values())
 
     def install(self) -> None:
-        if self._handles:
+        """Wrap the forward of every module owning a selected weight. A forward wrapper rather than a forward hook:
+        a hook sees the output already computed with the plain weight, which L0 and evaluation would discard."""
+        if self._wrapped:
             return
         for name, modules in self.modules.items():
             for module in modules:
-                self._handles.append(module.register_forward_hook(self._hook(name), with_kwargs=True))
+                wrapper = self._wrapper(name, module, module.forward)
+                wrapper.smcbench_previous = module.__dict__.get("forward")  # a wrapper installed before ours
+                module.forward = wrapper
+                self._wrapped.append(module)
 
-    def _hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-            if self._substitute.active:  # the substituted call itself
-                return out
-            return self.forward_output(name, module, args, kwargs, out)
+    def _wrapper(self, name: str, module: nn.Module, own_forward: Callable) -> Callable:
+        def run(weight: Tensor | None, args: tuple, kwargs: dict) -> Tensor:
+            if weight is None:
+                return own_forward(*args, **kwargs)
+            # The swap torch.func.functional_call makes, without re-entering the module's __call__ (its hooks).
+            own = module._parameters["weight"]
+            module._parameters["weight"] = weight
+            try:
+                return own_forward(*args, **kwargs)
+            finally:
+                module._parameters["weight"] = own
 
-        return hook
+        def forward(*args, **kwargs) -> Tensor:
+            return self.forward_output(name, module, lambda w: run(w, args, kwargs), args, kwargs)
 
-    def call_with(self, module: nn.Module, weight: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        """`module`'s output on the same inputs with `weight` in place of its own."""
-        return self._substitute(module, weight, args, kwargs)
+        return forward
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        for module in self._wrapped:
+            previous = module.forward.smcbench_previous
+            del module.forward
+            if previous is not None:
+                module.forward = previous
+        self._wrapped.clear()
 
     def reached_sparsity(self) -> float:
         kept = self.kept()
@@ -151,7 +253,7 @@ class LearnedSparsity(ABC):
 
     @abstractmethod
     def fold(self) -> None:
-        """Make the plain weights what the method's evaluation uses (before its hooks go)."""
+        """Make the plain weights what the method's evaluation uses (before `remove`)."""
 
     def state_dict(self) -> dict[str, Tensor]:
         return {n: p.detach().clone() for n, p in self.extra.items()}
@@ -180,19 +282,24 @@ class VariationalDropout(LearnedSparsity):
         w = self.params[name]
         return (self.extra[name] - torch.log(w.float().square() + EPS)).clamp(*LOG_ALPHA_CLIP)
 
-    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-        sigma2 = self.extra[name].exp().to(module.weight.dtype)
+    def forward_output(self, name: str, module: nn.Module, run: Run, args: tuple, kwargs: dict) -> Tensor:
         if not module.training:
             keep = (self.log_alpha(name) < self.threshold).to(module.weight.dtype)
-            return self.call_with(module, module.weight * keep, args, kwargs)
-        if isinstance(module, nn.Embedding):  # the looked-up rows of σ (the module's own scaling kept) times ε
-            return out + self.call_with(module, sigma2.sqrt(), args, kwargs) * torch.randn_like(out)
-        x = args[0] if args else kwargs["input"]
-        variance = F.linear(x.square(), sigma2)
+            return run(module.weight * keep)
+        out = run(None)
+        if isinstance(module, nn.Embedding):  # σ of the looked-up rows (the module's own scaling kept) times ε
+            if _plain_embedding(module):  # look up log σ² first: exp and sqrt on those rows, not the whole table
+                rows = F.embedding(_input(args, kwargs), self.extra[name], module.padding_idx)
+                sigma = rows.exp().sqrt().to(module.weight.dtype)
+            else:
+                sigma = run(self.extra[name].exp().sqrt().to(module.weight.dtype))
+            return out + sigma * torch.randn_like(out)
+        x = _input(args, kwargs)
+        variance = F.linear(x.square(), self.extra[name].exp().to(module.weight.dtype))
         return out + (variance + EPS).sqrt() * torch.randn_like(out)
 
     def penalty(self) -> Tensor:
-        total = sum(vd_kl(self.log_alpha(n)).sum() for n in self.extra)
+        total = sum(_VDKLSum.apply(self.extra[n], self.params[n]) for n in self.extra)
         return total / sum(p.numel() for p in self.extra.values())
 
     def scores(self) -> dict[str, Tensor]:
@@ -226,13 +333,20 @@ class L0Gates(LearnedSparsity):
         log_alpha = self.extra[name]
         return hard_concrete_sample(log_alpha) if training else hard_concrete_deterministic(log_alpha)
 
-    def forward_output(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-        # The module's own output is discarded: it used θ, not θ ⊙ z (the price of leaving the model untouched).
-        w = module.weight * self.gate(name, module.training).to(module.weight.dtype)
-        return self.call_with(module, w, args, kwargs)
+    def forward_output(self, name: str, module: nn.Module, run: Run, args: tuple, kwargs: dict) -> Tensor:
+        if module.training and _plain_embedding(module):
+            # Gates for the rows looked up (each distinct row once, as the whole table's sample would give them).
+            rows, inverse = torch.unique(_input(args, kwargs), return_inverse=True)
+            w = module.weight[rows] * hard_concrete_sample(self.extra[name][rows]).to(module.weight.dtype)
+            padding = None
+            if module.padding_idx is not None:
+                at = (rows == module.padding_idx).nonzero()
+                padding = int(at[0, 0]) if at.numel() else None
+            return F.embedding(inverse, w, padding, scale_grad_by_freq=module.scale_grad_by_freq)
+        return run(module.weight * self.gate(name, module.training).to(module.weight.dtype))
 
     def penalty(self) -> Tensor:
-        total = sum(gate_open_probability(p).sum() for p in self.extra.values())
+        total = sum(_OpenProbabilitySum.apply(p) for p in self.extra.values())
         return total / sum(p.numel() for p in self.extra.values())
 
     def scores(self) -> dict[str, Tensor]:
