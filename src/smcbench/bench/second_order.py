@@ -100,7 +100,7 @@ def measure_layerwise(model_name: str, calibration_batches: int, batch_size: int
     return out
 
 
-def run(model: str = "minilm", gradients: int = 128, block: int = 50, calibration_batches: int = 16,
+def run(model: str = "minilm", gradients: int = 1024, block: int = 50, calibration_batches: int = 16,
         batch_size: int = 8, length: int = 64) -> list[dict]:
     common = ["--model", model, "--batch-size", str(batch_size), "--length", str(length)]
     return [in_subprocess(__name__, "obert", "--gradients", str(gradients), "--block", str(block), *common),
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("part", choices=["obert", "layerwise"])
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--gradients", type=int, default=128)
+    parser.add_argument("--gradients", type=int, default=1024)
     parser.add_argument("--block", type=int, default=50)
     parser.add_argument("--calibration-batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -137,10 +137,14 @@ def render(obert: dict, layerwise: dict, model: str, gradients: int, block: int,
              f"  oBERT, m = {gradients} gradients, B = {block}: gradients {obert['gradient_s']:.1f} s, Fisher work "
              f"{fisher_s:.1f} s (Woodbury {obert['woodbury_s']:.1f}, mask {obert['mask_s']:.1f}, OBS update "
              f"{obert['obs_update_s']:.1f}) = {fisher_s / obert['gradient_s']:.2f}x the gradients"]
-    roberta_gb = obert["roberta_large_weights"] * block * 4 / 2**30
-    lines.append(f"  oBERT memory: inverses {obert['inverse_mb']:.0f} MB (d·B floats), process peak "
-                 f"{obert['peak_rss_mb']:.0f} MB; RoBERTa-large's encoder ({obert['roberta_large_weights'] / 1e6:.0f}M "
-                 f"weights) at B = {block}: {roberta_gb:.1f} GB (B = 8: {roberta_gb * 8 / block:.1f} GB)")
+    from smcbench.sparsity.obert import BlockFisherInverse
+
+    roberta = obert["roberta_large_weights"]
+    roberta_gb = BlockFisherInverse.memory_bytes(roberta, block) / 2**30
+    lines.append(f"  oBERT memory: inverses and waiting gradients {obert['inverse_mb']:.0f} MB (d·(B + k) floats), "
+                 f"process peak {obert['peak_rss_mb']:.0f} MB; RoBERTa-large's encoder ({roberta / 1e6:.0f}M "
+                 f"weights) at B = {block}: {roberta_gb:.1f} GB (B = 8: "
+                 f"{BlockFisherInverse.memory_bytes(roberta, 8) / 2**30:.1f} GB)")
     mag = layerwise["magnitude"]["total_s"]
     for name in ("sparsegpt", "wanda"):
         r = layerwise[name]

@@ -84,7 +84,9 @@ class OBertStep:
 class OBert(Method):
     name = "obert"
     settings = OBertSettings
-    version = 2  # 2: Fisher from masked gradients during gradual pruning, float64 OBS solve with a guard
+    # 2: Fisher from masked gradients during gradual pruning, float64 OBS solve with a guard. 3: gradients folded
+    # into the inverses 16 at a time (a rank-16 Woodbury update: the same inverse up to rounding).
+    version = 3
     needs_dense = True
     summary = "second-order (block Fisher) saliency + OBS update, gradual from the dense fine-tune (Kurtic et al.)"
     stage = "after"  # from the dense fine-tune: gradually (on GMP's schedule) or once, then retrained

@@ -45,6 +45,12 @@ DEFAULT_GRADIENTS = 1024  # oBERT's m
 DEFAULT_DAMP = 1e-7  # oBERT's λ (the Fisher's dampening)
 OBS_GUARD = 10.0  # an OBS update larger than this × the block's max |w| comes from an inaccurate F⁻¹: not applied
 SOLVE_CHUNK = 4096  # blocks solved at once in the OBS update (float64: bounds the temporaries to ~80 MB at B = 50)
+# Gradients folded into the inverses at once, by one rank-k Woodbury update (equal to k rank-one updates in exact
+# arithmetic): the inverses, B floats a weight, are read and written once per k gradients instead of once per
+# gradient, which bounded the Fisher work by memory bandwidth. The k gradients wait in blocked form (k floats a
+# weight, at most a third of the inverses' B); 1 gives the sequential updates of the reference implementation.
+UPDATE_RANK = 16
+WOODBURY_CHUNK = 8192  # blocks per batched Woodbury step (bounds its temporaries to a few MB)
 
 
 def _available_ram() -> int | None:
@@ -68,28 +74,43 @@ def _blocks(t: Tensor, block: int) -> Tensor:
     return flat.view(-1, block)
 
 
+def update_rank(block: int) -> int:
+    """Gradients per Woodbury update at block size B: UPDATE_RANK, or B // 3 for small blocks (their memory)."""
+    return max(1, min(UPDATE_RANK, block // 3))
+
+
 class BlockFisherInverse:
     """The inverse of a block-diagonal empirical Fisher over named tensors, built gradient by gradient."""
 
     def __init__(self, shapes: dict[str, torch.Size], block: int = DEFAULT_BLOCK, num_grads: int = DEFAULT_GRADIENTS,
                  damp: float = DEFAULT_DAMP, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
-        if block < 1 or num_grads < 1 or damp <= 0:
-            raise SmcBenchError(f"oBERT needs block >= 1, gradients >= 1 and dampening > 0; got block {block}, "
-                                f"gradients {num_grads}, dampening {damp}")
+                 dtype: torch.dtype = torch.float32, rank: int | None = None) -> None:
+        rank = update_rank(block) if rank is None else rank
+        if block < 1 or num_grads < 1 or damp <= 0 or rank < 1:
+            raise SmcBenchError(f"oBERT needs block >= 1, gradients >= 1, dampening > 0 and update rank >= 1; got "
+                                f"block {block}, gradients {num_grads}, dampening {damp}, rank {rank}")
         self.block, self.num_grads, self.damp = block, num_grads, damp
+        self.rank = min(rank, num_grads)
         self.shapes = dict(shapes)
         self.added = 0
         eye = torch.eye(block, device=device, dtype=dtype) / damp
-        self.inverse: dict[str, Tensor] = {}
+        self._inverse: dict[str, Tensor] = {}
         for name, shape in self.shapes.items():
             blocks = -(-shape.numel() // block)
-            self.inverse[name] = eye.expand(blocks, block, block).clone()
+            self._inverse[name] = eye.expand(blocks, block, block).clone()
+        self._pending: dict[str, list[Tensor]] = {name: [] for name in self.shapes}
+
+    @property
+    def inverse(self) -> dict[str, Tensor]:
+        """The block inverses, (blocks, B, B) per tensor, with every gradient added so far folded in."""
+        self._flush()
+        return self._inverse
 
     @staticmethod
     def memory_bytes(numel: int, block: int = DEFAULT_BLOCK, bytes_per_float: int = 4) -> int:
-        """The inverses' size for `numel` weights (padding aside): d·B floats."""
-        return numel * block * bytes_per_float
+        """The inverses' size for `numel` weights (padding aside), d·B floats, and the gradients waiting for
+        the next rank-k update, d·k floats."""
+        return numel * (block + update_rank(block)) * bytes_per_float
 
     @staticmethod
     def check_fits(numel: int, block: int, device: torch.device | str = "cpu") -> None:
@@ -102,23 +123,42 @@ class BlockFisherInverse:
         else:
             free = _available_ram()
         if free is not None and need > 0.8 * free:
-            fit = max(1, int(0.8 * free / (numel * 4)))
+            floats = int(0.8 * free / (numel * 4))
+            fit = max([b for b in range(1, block) if b + update_rank(b) <= floats], default=1)
             raise SmcBenchError(f"oBERT's Fisher inverses for {numel:,} weights at block size {block} need "
                                 f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on {device}: use "
-                                f"--obert-block {fit} or smaller (memory is B floats per weight), or prune fewer "
-                                "tensors (--preset encoder, --include)")
+                                f"--obert-block {fit} or smaller (memory is B + min(16, B // 3) floats per weight), "
+                                "or prune fewer tensors (--preset encoder, --include)")
 
     @torch.no_grad()
     def add(self, grads: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> None:
         """One gradient (of a single example or a small batch) per tensor: one Woodbury step per block. `masks`:
         the current masks; pruned coordinates get zero gradient (the Fisher given that they stay zero)."""
-        for name, inv in self.inverse.items():
+        for name, inv in self._inverse.items():
             grad = grads[name] if masks is None else grads[name] * masks[name]
-            g = _blocks(grad, self.block).to(inv.dtype).unsqueeze(-1)  # (blocks, B, 1)
-            u = torch.bmm(inv, g)  # F⁻¹g
-            denom = self.num_grads + torch.bmm(g.transpose(1, 2), u)  # m + gᵀF⁻¹g, (blocks, 1, 1)
-            inv.baddbmm_(u, u.transpose(1, 2) / denom, alpha=-1.0)
+            self._pending[name].append(_blocks(grad, self.block).to(inv.dtype))
         self.added += 1
+        if self.added % self.rank == 0:
+            self._flush()
+
+    @torch.no_grad()
+    def _flush(self) -> None:
+        """Fold the waiting gradients G (k of them) into every block: with F' = F + GGᵀ/m,
+        F'⁻¹ = F⁻¹ − U (m·I + GᵀU)⁻¹ Uᵀ, U = F⁻¹G. The k×k matrix is symmetric positive definite (its eigenvalues
+        are at least m) and inverted in float64."""
+        for name, inv in self._inverse.items():
+            pending = self._pending[name]
+            if not pending:
+                continue
+            g_all = torch.stack(pending, dim=2)  # (blocks, B, k)
+            pending.clear()
+            for a in range(0, inv.shape[0], WOODBURY_CHUNK):
+                f, g = inv[a:a + WOODBURY_CHUNK], g_all[a:a + WOODBURY_CHUNK]
+                u = torch.bmm(f, g)  # F⁻¹G, (blocks, B, k)
+                small = torch.bmm(g.transpose(1, 2), u).double()  # GᵀF⁻¹G, (blocks, k, k)
+                small.diagonal(dim1=1, dim2=2).add_(self.num_grads)
+                small = torch.linalg.inv(small).to(f.dtype)
+                f.baddbmm_(torch.bmm(u, small), u.transpose(1, 2), alpha=-1.0)
 
     def diagonal(self, name: str) -> Tensor:
         """[F⁻¹]_qq for every weight of `name`, flat (padding dropped)."""
@@ -137,7 +177,7 @@ class BlockFisherInverse:
         `original`: the weights before the mask zeroed them (`Sparsifier.prune` does), default the params.
         Returns the number of blocks whose update failed the stability guard (only masked)."""
         unstable = 0
-        for name, inv in self.inverse.items():
+        for name, inv in self.inverse.items():  # (the property: every gradient folded in)
             p = params[name]
             w = _blocks(p if original is None else original[name], self.block).to(inv.dtype)
             pruned = ~_blocks(masks[name], self.block).bool()
