@@ -575,12 +575,18 @@ def bench_overhead(
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
     steps: int = typer.Option(10, min=1, help="Timed steps of each (after 2 warm-up steps)."),
     sparsity: float = typer.Option(0.5, min=0, max=1, help="Sparsity of the masked model."),
+    kinds: str = typer.Option("dense,masked,variational_dropout,l0", "--kinds",
+                              help="Comma-separated steps to time: dense, masked, variational_dropout, l0."),
 ) -> None:
-    """Median training-step time with masks enforced vs dense (MiniLM multiple choice)."""
+    """Median training-step time of each kind of step: dense, masked (GMP's), variational dropout's, L0's."""
     from smcbench.bench import overhead
 
     check_level("--sparsity", sparsity)
-    out = overhead.run(model, steps=steps, sparsity=sparsity)
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    bad = [k for k in chosen if k not in overhead.KINDS]
+    if bad or not chosen:
+        fail(f"--kinds {kinds!r}: choose from {', '.join(overhead.KINDS)}")
+    out = overhead.run(model, steps=steps, sparsity=sparsity, kinds=chosen)
     typer.echo(json.dumps(out) if as_json else overhead.render(out, model, steps))
 
 
@@ -718,7 +724,7 @@ def bench_translation(
 def bench_second_order(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     model: str = typer.Option("minilm", help="A BERT-style model (folder or hub id) with a multiple-choice head."),
-    gradients: int = typer.Option(128, min=1, help="oBERT: gradients for the Fisher (the method's default: 1024)."),
+    gradients: int = typer.Option(1024, min=1, help="oBERT: gradients for the Fisher (the method's default m)."),
     block: int = typer.Option(50, min=1, help="oBERT: Fisher block size B."),
     calibration_batches: int = typer.Option(16, min=1, help="SparseGPT / Wanda: calibration batches."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batch (5 choices each)."),

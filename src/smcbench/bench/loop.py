@@ -3,7 +3,12 @@
 Same model (MiniLM), data (the first N CSQA training questions, the same tokenisation), batch size, learning rate,
 linear schedule without warmup, no weight decay (Trainer's default), gradient clipping at 1.0, one epoch, dynamic
 padding (`DataCollatorForMultipleChoice` for the Trainer). Each side runs in its own subprocess; both evaluate on the
-same first M dev questions. Reports questions/s of training and accuracy.
+same first M dev questions. Reports questions/s of training and accuracy, and the model FLOP utilisation (MFU)
+of each: the forward and backward FLOPs of the real (unpadded) tokens trained on per second, over the fp32 matmul
+peak measured in the same process just before training (bench.measure.matmul_peak_gflops). FLOPs of a sequence of
+T real tokens: 6·N·T for the N weights of the encoder's Linear layers (2 a weight forward, 4 backward) plus
+12·L·d·T² for attention's two products in L layers of width d; embeddings, norms and the head are left out, so
+MFU understates the work slightly (and padding, which costs time, counts as none).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 
 import torch
 
-from smcbench.bench.measure import in_subprocess
+from smcbench.bench.measure import in_subprocess, matmul_peak_gflops
 
 
 def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None):
@@ -23,6 +28,26 @@ def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None
 
     return get_task(TaskSpec("commonsense/csqa", "minilm", data_dir, train_size=train_size, val_size=200,
                              eval_size=eval_size, max_length=max_length))
+
+
+def encoder_flops(model: torch.nn.Module, examples: list) -> float:
+    """Training FLOPs (forward + backward) of the real tokens of `examples` (multiple-choice features: per choice
+    an attention mask), as the module docstring counts them."""
+    encoder = model.base_model.encoder
+    weights = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+    total = 0.0
+    for features in examples:
+        for mask in features["attention_mask"]:
+            t = sum(mask)
+            total += 6 * weights * t + 12 * layers * width * t * t
+    return total
+
+
+def _with_mfu(out: dict, flops: float, peak: float) -> dict:
+    achieved = flops / out["train_s"] / 1e9
+    return {**out, "train_gflop": flops / 1e9, "achieved_gflops": achieved, "peak_gflops": peak,
+            "mfu": achieved / peak}
 
 
 def run_ours(args: argparse.Namespace) -> dict:
@@ -33,9 +58,12 @@ def run_ours(args: argparse.Namespace) -> dict:
     model = task.initial_model()
     cfg = TrainConfig(lr=args.lr, weight_decay=0.0, warmup_ratio=0.0, batch_size=args.batch_size, epochs=1.0,
                       seed=args.seed)
+    flops = encoder_flops(model, examples)
+    peak = matmul_peak_gflops()
     result = train(model, examples, task.collate, cfg, lengths=lengths, progress=False)
-    return {"side": "ours", "train_s": result.seconds, "questions": result.examples_seen,
-            "questions_per_s": result.examples_per_second, "accuracy": task.evaluate(model)["accuracy"]}
+    out = {"side": "ours", "train_s": result.seconds, "questions": result.examples_seen,
+           "questions_per_s": result.examples_per_second, "accuracy": task.evaluate(model)["accuracy"]}
+    return _with_mfu(out, flops, peak)
 
 
 def run_trainer(args: argparse.Namespace) -> dict:
@@ -57,11 +85,14 @@ def run_trainer(args: argparse.Namespace) -> dict:
         )
         trainer = Trainer(model=model, args=targs, train_dataset=rows,
                           data_collator=DataCollatorForMultipleChoice(task.tokenizer))
+        flops = encoder_flops(model, examples)
+        peak = matmul_peak_gflops()
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return {"side": "trainer", "train_s": seconds, "questions": len(rows), "questions_per_s": len(rows) / seconds,
-            "accuracy": task.evaluate(model)["accuracy"]}
+    out = {"side": "trainer", "train_s": seconds, "questions": len(rows), "questions_per_s": len(rows) / seconds,
+           "accuracy": task.evaluate(model)["accuracy"]}
+    return _with_mfu(out, flops, peak)
 
 
 PHASES = ("collate", "forward", "backward", "sparsity callbacks", "optimizer")
@@ -141,6 +172,7 @@ def render(out: dict, train_size: int, eval_size: int, batch_size: int, max_leng
     for side in ("trainer", "ours"):
         r = out[side]
         lines.append(f"  {side:<8} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
-                     f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions")
-    lines.append(f"  speed-up {out['speedup']:.2f}x")
+                     f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions  "
+                     f"MFU {r['mfu']:.1%} ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s peak)")
+    lines.append(f"  speed-up {out['speedup']:.2f}x; {out['ours']['train_gflop']:.0f} GFLOP of real tokens")
     return "\n".join(lines)

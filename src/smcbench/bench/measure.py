@@ -40,3 +40,22 @@ def in_subprocess(module: str, *args: str) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{module} {' '.join(args)} failed: {tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak_gflops(size: int = 2048, seconds: float = 1.0) -> float:
+    """This machine's fp32 matmul peak as torch reaches it now: the best of repeated size×size products over
+    about `seconds` (all of torch's threads), in GFLOP/s. Measured in the process whose work it judges, beside it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)  # warm-up: threads, caches
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
