@@ -58,7 +58,7 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
     by_direction = {d: [e for e in evaluation if (e.src, e.tgt) == d] for d in DIRECTIONS}
     task.translate(net, by_direction[DIRECTIONS[0]][:2])  # warm-up: first-call costs belong to neither loop
     loops = {"plain": lambda xs: _hf_generate(task, net, xs, batch_size=32), "ours": lambda xs: task.translate(net, xs)}
-    evals = {}
+    evals, outputs = {}, {}
     for name, loop in loops.items():
         start = time.perf_counter()
         hypotheses = {d: loop(xs) for d, xs in by_direction.items()}
@@ -66,6 +66,8 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
         bleu = {f"{s}-{t}": corpus_score(hypotheses[(s, t)], [e.reference for e in by_direction[(s, t)]], t).bleu
                 for s, t in DIRECTIONS}
         evals[name] = {"eval_s": seconds, "eval_sentences_per_s": len(evaluation) / seconds, "bleu": bleu}
+        outputs[name] = [h for d in DIRECTIONS for h in hypotheses[d]]
+    evals["ours"]["identical_outputs"] = sum(a == b for a, b in zip(outputs["plain"], outputs["ours"], strict=True))
     per_example = _tokens(task, examples) / len(examples)
     return {"side": side, "train_s": train_s, "train_tokens_per_s": seen * per_example / train_s,
             "eval": evals, "eval_sentences": len(evaluation), "peak_rss_mb": peak_rss_mb(),
@@ -148,6 +150,8 @@ def render(out: list[dict], model: str, steps: int, batch_size: int, beam: int) 
         lines.append(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s), peak "
                      f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")
     ratios = [r["eval"]["ours"]["eval_sentences_per_s"] / r["eval"]["plain"]["eval_sentences_per_s"] for r in out]
+    same = [f"{r['eval']['ours'].get('identical_outputs', '?')} of {r['eval_sentences']}" for r in out]
     lines.append(f"  ours / plain Hugging Face: training {ours['train_tokens_per_s'] / hf['train_tokens_per_s']:.2f}x, "
-                 f"evaluation {ratios[0]:.2f}x and {ratios[1]:.2f}x (on the hf- and our-trained model)")
+                 f"evaluation {ratios[0]:.2f}x and {ratios[1]:.2f}x (on the hf- and our-trained model); "
+                 f"outputs identical to the plain loop's: {same[0]} and {same[1]}")
     return "\n".join(lines)

@@ -42,7 +42,7 @@ from smcbench.tasks.translation.data import (
 )
 from smcbench.tasks.translation.languages import ALL, EVAL_DIRECTIONS, LANGUAGES, MIXES, direction_name
 from smcbench.tasks.translation.pretrain import TINY_NAME, ensure_tiny
-from smcbench.training import batched_outputs
+from smcbench.training import batched_outputs, generation
 
 
 class TranslationOptions(Settings):
@@ -189,15 +189,22 @@ class TranslationRun(TaskRun):
 
     def translate(self, model: nn.Module, examples: list[Example]) -> list[str]:
         """Beam search into the examples' target language (one language per call: the decoder starts with its
-        token), batched by source length, with the key/value cache."""
+        token), batched by source length, with the key/value cache: smcbench.training.generation's search (the
+        outputs of `generate`, finished sentences leaving the batch), or `generate` itself for a model whose
+        generation config asks for more than plain beam search."""
         if not examples:
             return []
         [tgt] = {e.tgt for e in examples}
+        fast = generation.supported(model)
 
         def step(m: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
-            out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             decoder_start_token_id=self.lang_id(tgt), num_beams=self.options.beam,
-                             max_new_tokens=self.spec.max_length, early_stopping=True, use_cache=True)
+            if fast:
+                out = generation.beam_search(m, batch["input_ids"], batch["attention_mask"], self.lang_id(tgt),
+                                             self.options.beam, self.spec.max_length)
+            else:
+                out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 decoder_start_token_id=self.lang_id(tgt), num_beams=self.options.beam,
+                                 max_new_tokens=self.spec.max_length, early_stopping=True, use_cache=True)
             return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
         return [t.strip() for t in batched_outputs(model, examples, self.collate, step,
