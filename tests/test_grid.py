@@ -299,3 +299,17 @@ def test_the_dry_run_predicts_time_from_a_probe_then_from_finished_runs_of_the_s
         runs = [r["wall_s"] + r["eval_s"] for r in records if r["method"] == node.request.method]
         assert predicted[node.id].source == "runs"
         assert math.isclose(predicted[node.id].seconds, statistics.median(runs))  # omp_after: either level's
+
+
+def test_obert_declares_its_fisher_passes_to_the_dry_run():
+    """Regression: the dry run predicted ~5 min for a one-shot oBERT run on the laptop track that took 770 s (its
+    128 gradients and Fisher work were invisible to the probe)."""
+    from smcbench.methods import get_method
+
+    obert, gmp = get_method("obert"), get_method("gmp")
+    assert obert.extra_updates(obert.settings(one_shot=True, obert_gradients=128), 300, 8) == 2 * 128
+    assert obert.extra_updates(obert.settings(one_shot=True, obert_gradients=128, obert_grad_batch=4), 300, 8) == 128
+    gradual = obert.settings(obert_gradients=16)
+    steps = obert.extra_updates(gradual, 300, 8) / (2 * 16)
+    assert steps == int(steps) > 1  # one Fisher per pruning step of GMP's schedule
+    assert gmp.extra_updates(gmp.settings(), 300, 8) == 0

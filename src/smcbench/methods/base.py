@@ -141,6 +141,11 @@ class Method(ABC):
         methods (the After methods' dense fine-tune is a run of its own); 0 for a model used as it is."""
         return 1.0
 
+    def extra_updates(self, settings: Settings, updates: int, batch_size: int) -> float:
+        """Work beyond its trainings, in plain dense updates of `batch_size` (the dry run's time estimate), for a
+        method whose extra passes are large: oBERT's Fisher. `updates`: the updates of one training."""
+        return 0.0
+
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:
         """The levels the method reaches for the requested ones with these settings (an error when one is out of
         reach)."""

@@ -30,7 +30,7 @@ from smcbench.sparsity.obert import (
 
 class OBertSettings(GMPSettings):
     obert_block: int = Field(DEFAULT_BLOCK, ge=1, description="oBERT: weights per Fisher block (B); memory is "
-                             "B floats per pruned weight.")
+                             "B + min(16, B // 3) floats per pruned weight.")
     obert_gradients: int = Field(DEFAULT_GRADIENTS, ge=1, description="oBERT: gradients per Fisher estimate (m), "
                                  "fresh at every pruning step.")
     obert_grad_batch: int | None = Field(None, ge=1, description="oBERT: examples per gradient (default: the "
@@ -90,6 +90,14 @@ class OBert(Method):
     needs_dense = True
     summary = "second-order (block Fisher) saliency + OBS update, gradual from the dense fine-tune (Kurtic et al.)"
     stage = "after"  # from the dense fine-tune: gradually (on GMP's schedule) or once, then retrained
+
+    def extra_updates(self, settings: OBertSettings, updates: int, batch_size: int) -> float:
+        # Each pruning step: m gradients (a forward and backward pass each, ~ an update) and the Fisher work, which
+        # `bench second-order` measures at about the gradients' time.
+        steps = 1 if settings.one_shot else len(GradualSchedule.over_training(
+            0.5, updates, settings.interval_for(updates), settings.gmp_start, settings.gmp_end).steps())
+        per_gradient = (settings.obert_grad_batch or batch_size) / batch_size
+        return 2.0 * steps * settings.obert_gradients * per_gradient
 
     def run(self, exp: Experiment, sparsities: list[float]) -> Iterator[Outcome]:
         st = exp.settings

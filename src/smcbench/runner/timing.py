@@ -10,8 +10,9 @@ costs, best source first:
    evaluation, timed. A run then takes `trainings × (updates × seconds per update × step cost + validations ×
    validation seconds) + evaluation seconds`, with the method's `trainings` and `step_cost` (methods.base).
 
-What a probe does not see: a method's extra passes (SNIP's or oBERT's gradients, SparseGPT's calibration) and an
-untrained model generating longer than a trained one (translation); the finished runs correct both as they come in.
+A method with large extra passes declares them in updates (`Method.extra_updates`: oBERT's gradients and Fisher).
+What a probe does not see: small extra passes (SNIP's gradients, SparseGPT's calibration) and an untrained model
+generating longer than a trained one (translation); the finished runs correct both as they come in.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def _from_probe(node: Node, probe: Probe) -> float:
     validations = math.ceil(updates / interval) if interval else 1
     trainings = method.trainings(r.settings)
     one = trainings * (updates * probe.update_s * method.step_cost + validations * probe.validate_s)
+    one += method.extra_updates(r.settings, updates, cfg.batch_size) * probe.update_s
     if not trainings:
         one += probe.validate_s  # the model used as it is is still validated once
     return (one + probe.evaluate_s) * len(node.configs())
