@@ -13,19 +13,22 @@ from hypothesis import strategies as st
 
 from smcbench.errors import SmcBenchError
 from smcbench.sparsity import allocation as alloc
+from smcbench.sparsity import native
 from smcbench.sparsity.allocation import Slot, erk_densities, lowest_k, prune_groups, prune_n_m, target_count
 from smcbench.sparsity.scores import MagnitudeScore, make_score
 
 
 @contextmanager
 def engine_path(path: str):
-    """Force one code path on small tensors: `small` (kthvalue on all scores), `band` (sampled bracket) or
-    `bisect` (a zero-width bracket with no room: it misses or overflows, and bisection takes over)."""
+    """Force one code path on small tensors: `small` (kthvalue on all scores), `band` (sampled bracket, its pass
+    compiled where a C compiler is present), `band-torch` (the same in torch operations) or `bisect` (a zero-width
+    bracket with no room: it misses or overflows, and bisection takes over)."""
     if path == "small":
         yield
         return
     bisect = path == "bisect"
     with (
+        mock.patch.object(native, "_LIB", [None] if path == "band-torch" else native._LIB),
         mock.patch.object(alloc, "CHUNK", 7),
         mock.patch.object(alloc, "SAMPLE", 64),
         mock.patch.object(alloc, "SMALL_GROUP", 0),
@@ -60,7 +63,7 @@ tensors = st.lists(
     shapes=tensors,
     sparsity=st.floats(0.0, 0.99),
     ties=st.sampled_from(["none", "heavy", "all-equal"]),
-    path=st.sampled_from(["small", "band", "bisect"]),
+    path=st.sampled_from(["small", "band", "band-torch", "bisect"]),
     seed=st.integers(0, 2**16),
 )
 def test_global_cut_is_exact_and_matches_the_reference(shapes, sparsity, ties, path, seed):
@@ -86,7 +89,7 @@ def test_global_cut_is_exact_and_matches_the_reference(shapes, sparsity, ties, p
     shapes=tensors,
     first=st.floats(0.0, 0.9),
     extra=st.floats(0.0, 0.09),
-    path=st.sampled_from(["small", "band", "bisect"]),
+    path=st.sampled_from(["small", "band", "band-torch", "bisect"]),
     seed=st.integers(0, 2**16),
 )
 def test_already_pruned_weights_stay_pruned(shapes, first, extra, path, seed):
@@ -136,10 +139,26 @@ def test_nan_scores_are_an_error_and_change_no_mask():
     w1, w2 = torch.randn(4, 4), torch.randn(4, 4)
     w2[1, 1] = float("nan")
     masks = [torch.ones(4, 4, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool)]
-    for path in ["small", "band"]:
+    for path in ["small", "band", "band-torch"]:
         with engine_path(path), pytest.raises(SmcBenchError, match="NaN in the pruning scores of 'b'"):
             prune_groups([([Slot("a", w1, masks[0])], 8), ([Slot("b", w2, masks[1])], 8)], MagnitudeScore())
         assert all(bool(m.all()) for m in masks)
+
+
+def test_the_compiled_band_pass_is_built_here_and_agrees_with_torch():
+    """This machine has a C compiler: the compiled pass is what runs (elsewhere the torch path, tested above)."""
+    scores = torch.tensor([0.5, float("nan"), 0.1, 0.3, 0.3, 0.9, -float("inf")])
+    assert native.band_available(scores)
+    out = torch.empty(8)
+    assert native.band(scores, 0.3, 0.5, out) == (2, 3, 1, True)  # below: 0.1, -inf; inside: 0.5, 0.3, 0.3
+    assert out[:3].tolist() == scores[[0, 3, 4]].tolist()
+    assert native.band(scores, 0.3, 0.5, out[:2])[3] is False  # no room: reported, counts still complete
+    assert native.band(scores, 0.3, 0.5, out[:3]) == (2, 3, 1, True)
+    big = torch.rand(300_000, generator=torch.Generator().manual_seed(0))  # split over the threads
+    band = torch.empty(300_000)
+    below, inside, _, fits = native.band(big, 0.25, 0.26, band)
+    assert fits and below == int((big < 0.25).sum()) and sorted(band[:inside].tolist()) == sorted(
+        big[(big >= 0.25) & (big <= 0.26)].tolist())
 
 
 def test_lowering_sparsity_is_an_error():

@@ -5,7 +5,6 @@ complete or not at all, one process building a missing model while the others wa
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -40,10 +39,6 @@ def register_pretrainer(name: str) -> Callable[[Callable[[PretrainRequest], Path
         return fn
 
     return add
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SMCBENCH_CACHE", Path.home() / ".cache" / "smcbench"))
 
 
 def write_folder(out: Path, fill: Callable[[Path], None]) -> Path:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
 from smcbench.methods import get_method
-from smcbench.pretraining import cache_dir
 from smcbench.runner.grid import Node
 from smcbench.runner.store import ResultStore
 from smcbench.tasks import TaskSpec, get_task

@@ -7,7 +7,8 @@ stay pruned). `k = round(s·N)` rounds half up.
 
 The global cut never concatenates or sorts all scores. Scores are computed chunk by chunk: a seeded sample
 brackets the k-th smallest score, one counting pass finds how many scores fall below the bracket and collects the
-few inside it, and `kthvalue` on those gives the exact threshold; a second pass writes the masks. Extra memory is
+few inside it (a compiled loop, sparsity/band.c, where a C compiler is present; torch operations otherwise), and
+`kthvalue` on those gives the exact threshold; a second pass writes the masks. Extra memory is
 the bracket's contents (≈1 % of the weights at most) and chunk temporaries. A bisection over float32 values
 takes over when the bracket misses (a vanishingly rare sample) or when heavy ties fill it.
 """
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from smcbench.errors import SmcBenchError
+from smcbench.sparsity import native
 from smcbench.sparsity.scores import Score
 
 CHUNK = 1 << 18  # elements per chunk: 1 MiB of float32 temporaries, so each pass stays in cache
@@ -174,19 +176,28 @@ def find_cut(group: _Group, k: int) -> Cut:
     band = torch.empty(int(2.5 * expected) + _MIN_BAND, dtype=torch.float32)
     pieces: list[tuple[int, int, int, int]] | None = []  # (tensor number, chunk start, band start, band stop)
     n_lt = n_le = used = 0
-    for i, a, _, sc in group.chunk_scores():
-        lt = sc < lo
-        inside = sc <= hi
-        c_lt = int(lt.count_nonzero())
-        c_le = int(inside.count_nonzero())
+    fast = native.band_available(band)  # the compiled pass (sparsity/band.c); else six torch operations a chunk
+    for i, a, _, sc in group.chunk_scores(check_nan=not fast):
+        if fast:
+            c_lt, c_in, nans, fits = native.band(sc, lo, hi, band[used:] if pieces is not None else band[:0])
+            if nans:
+                raise _nan_error(group.slots[i])
+            c_le = c_lt + c_in
+        else:
+            lt = sc < lo
+            inside = sc <= hi
+            c_lt = int(lt.count_nonzero())
+            c_le = int(inside.count_nonzero())
+            fits = used + c_le - c_lt <= band.numel()
+            if pieces is not None and fits and c_le > c_lt:
+                inside ^= lt
+                band[used : used + c_le - c_lt] = sc[inside]
         n_lt += c_lt
         n_le += c_le
         if pieces is not None and c_le > c_lt:
-            if used + c_le - c_lt > band.numel():
+            if not fits:
                 pieces = None  # heavy ties: too many to hold; bisect instead
             else:
-                inside ^= lt
-                band[used : used + c_le - c_lt] = sc[inside]
                 pieces.append((i, a, used, used + c_le - c_lt))
                 used += c_le - c_lt
     if not n_lt < k <= n_le:
@@ -209,9 +220,14 @@ def find_cut(group: _Group, k: int) -> Cut:
 def apply_cut(group: _Group, cut: Cut) -> None:
     """Clear mask bits below the cut and the first `cut.ties` equal to it. Masks only lose bits."""
     ties = cut.ties
+    fast = None
     for i, a, b, sc in group.chunk_scores(check_nan=False):
         mask = group.slots[i].mask.view(-1)[a:b]
-        torch.logical_and(mask, sc >= cut.threshold, out=mask)
+        fast = native.band_available(sc) if fast is None else fast
+        if fast:
+            native.keep(sc, cut.threshold, mask)
+        else:
+            torch.logical_and(mask, sc >= cut.threshold, out=mask)
         if ties and (cut.tie_chunks is None or (i, a) in cut.tie_chunks):
             take = (sc == cut.threshold).nonzero().squeeze(1)[:ties]
             mask[take] = False

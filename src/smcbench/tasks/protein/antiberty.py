@@ -13,8 +13,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
-from smcbench.pretraining import RECORD, cache_dir, ensure_built, write_folder
+from smcbench.pretraining import RECORD, ensure_built, write_folder
 from smcbench.tasks.protein.bert import load_tensors, save_bert
 
 ANTIBERTY_NAME = "antiberty"

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
-from smcbench.pretraining import RECORD, LossCurve, cache_dir, ensure_built, write_folder
+from smcbench.pretraining import RECORD, LossCurve, ensure_built, write_folder
 from smcbench.tasks.protein.data import S2C2_FOLDS, S2C5_FOLDS, read_s2c2, read_s2c5
 from smcbench.tasks.protein.model import write_esm_vocab
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
+from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
 from smcbench.pretraining import (
     RECORD,
     LossCurve,
     PretrainRequest,
-    cache_dir,
     ensure_built,
     register_pretrainer,
     write_folder,

@@ -1,0 +1,72 @@
+/* The exact global cut's two passes (sparsity/allocation.py) over a chunk of float32 scores, compiled because in
+ * torch the first took six whole-chunk operations (two comparisons, two counts, an xor, a masked select) and most
+ * of the cut's time. Both split the chunk over `threads` OpenMP threads. */
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 16
+#define MAX_THREADS 64
+
+/* Counts in blocks of 16 (a loop the compiler vectorises); the rare block holding band values (~1 % of scores
+ * are) copies them in a second, scalar loop. No branch depends on the half of the scores below lo. */
+static void band_range(const float *s, int64_t n, float lo, float hi, float *band, int64_t room, int64_t *out) {
+    int64_t below = 0, inside = 0, nan = 0;
+    for (int64_t b = 0; b < n; b += BLOCK) {
+        int64_t m = n - b < BLOCK ? n - b : BLOCK;
+        const float *x = s + b;
+        int32_t lt = 0, in = 0, bad = 0;
+        for (int64_t j = 0; j < m; j++) {
+            lt += x[j] < lo;
+            bad += x[j] != x[j];
+            in += (x[j] >= lo) & (x[j] <= hi);
+        }
+        below += lt;
+        nan += bad;
+        if (in) {
+            for (int64_t j = 0; j < m; j++) {
+                if ((x[j] >= lo) & (x[j] <= hi)) {
+                    if (inside < room) band[inside] = x[j];
+                    inside++;
+                }
+            }
+        }
+    }
+    out[0] = below;
+    out[1] = inside;
+    out[2] = nan;
+}
+
+/* How many scores are below lo, how many lie in [lo, hi] (copied to the front of band, in order, when they fit in
+ * `room`), how many are NaN. Each thread fills its share of the room; the shares are then moved together.
+ * Returns the number copied, or -1 when a thread's share had no room (the counts are complete either way). */
+int64_t smc_band(const float *s, int64_t n, float lo, float hi, float *band, int64_t room, int64_t *counts,
+                 int threads) {
+    int nt = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    if (n < 65536) nt = 1;
+    int64_t share = room / nt, parts[MAX_THREADS][3];
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int64_t a = n * t / nt, b = n * (t + 1) / nt;
+        band_range(s + a, b - a, lo, hi, band + share * t, share, parts[t]);
+    }
+    int64_t below = 0, inside = 0, nan = 0, fits = 1;
+    for (int t = 0; t < nt; t++) {
+        below += parts[t][0];
+        nan += parts[t][2];
+        if (parts[t][1] > share) fits = 0;
+        else if (fits && share * t != inside) memmove(band + inside, band + share * t, parts[t][1] * sizeof(float));
+        inside += parts[t][1];
+    }
+    counts[0] = below;
+    counts[1] = inside;
+    counts[2] = nan;
+    return fits ? inside : -1;
+}
+
+/* The second pass: clear the mask (bool, one byte each) where the score is below the threshold (NaN too). */
+void smc_keep(const float *s, int64_t n, float threshold, uint8_t *mask, int threads) {
+    int nt = threads < 1 ? 1 : threads;
+    if (n < 65536) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; i++) mask[i] &= s[i] >= threshold;
+}
