@@ -83,7 +83,9 @@ def test_obert_gradual_and_one_shot(tiny_model_path, data_root, tmp_path):
     [gradual] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "obert", [0.488], **tiny))
     assert gradual["notes"]["pruning_steps"] == [1, 2, 3, 4, 5]  # GMP's window: 10 % to 80 % of 6 updates
     assert gradual["notes"]["fisher_gradients_s"] > 0 and gradual["notes"]["fisher_work_s"] > 0
-    assert gradual["notes"]["fisher_memory_bytes"] == 8 * 4 * sum(layer["numel"] for layer in gradual["layers"])
+    # B = 8 floats a weight for the inverses, k = min(16, 8 // 3) = 2 for the gradients awaiting a rank-k update
+    numel = sum(layer["numel"] for layer in gradual["layers"])
+    assert gradual["notes"]["fisher_memory_bytes"] == (8 + 2) * 4 * numel
     [one] = execute(csqa_request(tiny_model_path, data_root, tmp_path, "obert", [0.488], one_shot=True, **tiny))
     for r in (gradual, one):
         total = sum(layer["numel"] for layer in r["layers"])
