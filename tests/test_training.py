@@ -358,3 +358,18 @@ def test_schedules_are_a_registry():
         assert TrainConfig(schedule="halfway").schedule == "halfway"
     finally:
         del SCHEDULES["halfway"]
+
+
+def test_the_loop_benchmarks_flop_count_is_six_n_t_plus_attention_per_real_token():
+    from transformers import BertConfig, BertForMultipleChoice
+
+    from smcbench.bench.loop import encoder_flops
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16)
+    model = BertForMultipleChoice(config)
+    per_layer = 4 * 8 * 8 + 2 * 8 * 16  # Q, K, V, O and the two feed-forward matrices
+    # One question, two choices of 3 and 5 real tokens (padding never counts).
+    example = {"attention_mask": [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]}
+    expected = sum(6 * 2 * per_layer * t + 12 * 2 * 8 * t * t for t in (3, 5))
+    assert encoder_flops(model, [example]) == expected
