@@ -23,6 +23,14 @@ _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
 _LIB: list = []  # [library or None], once per process
 
 
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
 def _library() -> ctypes.CDLL | None:
     if _LIB:
         return _LIB[0]
@@ -30,7 +38,10 @@ def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler and os.environ.get("SMCBENCH_NATIVE", "1") != "0":
         source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+        # -march=native: the build fits this CPU only, so its features are part of the key (a shared home
+        # directory may serve several machines).
+        what = " ".join([compiler, *_FLAGS, platform.machine(), _cpu_flags()])
+        key = hashlib.sha256(source + what.encode()).hexdigest()[:16]
         path = cache_dir() / "native" / f"band-{key}.so"
         try:
             if not path.is_file():
