@@ -17,6 +17,7 @@ not supported: `supported()` says so and the caller uses `generate`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -80,13 +81,15 @@ def beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, dec
     live = torch.arange(batch, device=device)  # the original sentence of each live row
     results: list[list[int] | None] = [None] * batch
 
+    # transformers 5 names the key/value cache `cache`; 4.x `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache: Any = None
     tokens = running[:, :, 0].reshape(-1, 1)
     cur_len = 1
     while True:
-        out = model(attention_mask=mask, encoder_outputs=(hidden,), decoder_input_ids=tokens, cache=cache,
-                    use_cache=True, return_dict=True)
-        cache = out.cache
+        out = model(attention_mask=mask, encoder_outputs=(hidden,), decoder_input_ids=tokens, use_cache=True,
+                    return_dict=True, **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
         n = live.numel()
         log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         del out
