@@ -220,10 +220,9 @@ def find_cut(group: _Group, k: int) -> Cut:
 def apply_cut(group: _Group, cut: Cut) -> None:
     """Clear mask bits below the cut and the first `cut.ties` equal to it. Masks only lose bits."""
     ties = cut.ties
-    fast = None
+    fast = native.band_available(group.slots[0].weight)  # scores live where their weights do
     for i, a, b, sc in group.chunk_scores(check_nan=False):
         mask = group.slots[i].mask.view(-1)[a:b]
-        fast = native.band_available(sc) if fast is None else fast
         if fast:
             native.keep(sc, cut.threshold, mask)
         else:

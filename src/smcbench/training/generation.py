@@ -134,7 +134,7 @@ def beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, dec
         if cur_len >= max_length:
             frozen = torch.ones_like(frozen)
         for row in frozen.nonzero().flatten().tolist():
-            results[int(live[row])] = _tokens(finished[row, 0], eos, pad)
+            results[int(live[row])] = _tokens(finished[row, 0], eos)
         if bool(frozen.all()):
             break
         # Swap beams in the self-attention cache (rows stay within a sentence), then drop frozen sentences.
@@ -153,7 +153,7 @@ def beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, dec
     return [r if r is not None else [] for r in results]
 
 
-def _tokens(sequence: Tensor, eos: int, pad: int) -> list[int]:
+def _tokens(sequence: Tensor, eos: int) -> list[int]:
     """The generated tokens of a finished hypothesis: after the start token, through the first EOS."""
     out = []
     for t in sequence[1:].tolist():
