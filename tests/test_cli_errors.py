@@ -83,6 +83,7 @@ CATALOGUE = [
     (["bench", "threshold", "--layers", "0"], "--layers"),
     (["bench", "overhead", "--steps", "0"], "--steps"),
     (["bench", "overhead", "--sparsity", "1"], "--sparsity"),
+    (["bench", "overhead", "--kinds", "dense,gmp"], "--kinds"),
     (["bench", "loop", "--batch-size", "0"], "--batch-size"),
     (["bench", "loop", "--train-size", "abc"], "--train-size"),
     (["bench", "arithmetic", "--fold", "7"], "--fold"),
