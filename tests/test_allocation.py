@@ -159,6 +159,14 @@ def test_the_compiled_band_pass_is_built_here_and_agrees_with_torch():
     below, inside, _, fits = native.band(big, 0.25, 0.26, band)
     assert fits and below == int((big < 0.25).sum()) and sorted(band[:inside].tolist()) == sorted(
         big[(big >= 0.25) & (big <= 0.26)].tolist())
+    # Weights read as they are: the score is |w|, and a weight already pruned (kept False) scores -inf.
+    w = torch.tensor([-0.5, 0.1, -0.3, 0.3, float("nan"), -0.9, 0.4])
+    kept = torch.tensor([True, True, True, True, True, True, False])
+    assert native.band(w, 0.3, 0.5, out, absval=True, kept=kept) == (2, 3, 1, True)  # below: 0.1, the pruned 0.4
+    assert out[:3].tolist() == pytest.approx([0.5, 0.3, 0.3])
+    mask = kept.clone()
+    native.keep(w, 0.4, mask, absval=True)
+    assert mask.tolist() == [True, False, False, False, False, True, False]  # NaN and the pruned one stay out
 
 
 def test_lowering_sparsity_is_an_error():

@@ -103,6 +103,18 @@ class _Group:
                     raise _nan_error(slot)
                 yield i, a, b, sc
 
+    def native_chunks(self):
+        """Yield (tensor number, start, stop, values, absval, kept) for every chunk, what the compiled passes read:
+        the weights themselves with absval (the score is |w|; `kept` marks weights already pruned, else None), or
+        the computed scores. NaN is left to the pass to count."""
+        for i, (slot, pruned) in enumerate(zip(self.slots, self.pruned, strict=True)):
+            raw = self.score.abs_of(slot.name, slot.weight)
+            for a, b in _chunks(slot.mask.numel()):
+                if raw is None:
+                    yield i, a, b, _scores(self.score, slot, slice(a, b), pruned > 0), False, None
+                else:
+                    yield i, a, b, raw[a:b], True, slot.mask.view(-1)[a:b] if pruned else None
+
     def count(self, below: float, inclusive: bool) -> int:
         total = 0
         for _, _, _, sc in self.chunk_scores():
@@ -177,9 +189,11 @@ def find_cut(group: _Group, k: int) -> Cut:
     pieces: list[tuple[int, int, int, int]] | None = []  # (tensor number, chunk start, band start, band stop)
     n_lt = n_le = used = 0
     fast = native.band_available(band)  # the compiled pass (sparsity/band.c); else six torch operations a chunk
-    for i, a, _, sc in group.chunk_scores(check_nan=not fast):
+    chunks = group.native_chunks() if fast else ((*c, False, None) for c in group.chunk_scores())
+    for i, a, _, sc, absval, kept in chunks:
         if fast:
-            c_lt, c_in, nans, fits = native.band(sc, lo, hi, band[used:] if pieces is not None else band[:0])
+            c_lt, c_in, nans, fits = native.band(sc, lo, hi, band[used:] if pieces is not None else band[:0],
+                                                 absval, kept)
             if nans:
                 raise _nan_error(group.slots[i])
             c_le = c_lt + c_in
@@ -221,13 +235,17 @@ def apply_cut(group: _Group, cut: Cut) -> None:
     """Clear mask bits below the cut and the first `cut.ties` equal to it. Masks only lose bits."""
     ties = cut.ties
     fast = native.band_available(group.slots[0].weight)  # scores live where their weights do
-    for i, a, b, sc in group.chunk_scores(check_nan=False):
+    chunks = group.native_chunks() if fast else ((*c, False, None) for c in group.chunk_scores(check_nan=False))
+    for i, a, b, values, absval, _ in chunks:
         mask = group.slots[i].mask.view(-1)[a:b]
+        tied = ties and (cut.tie_chunks is None or (i, a) in cut.tie_chunks)
+        # The scores as they were before this cut, for the ties (the kept-mask changes below).
+        sc = _scores(group.score, group.slots[i], slice(a, b), group.pruned[i] > 0) if tied and absval else values
         if fast:
-            native.keep(sc, cut.threshold, mask)
+            native.keep(values, cut.threshold, mask, absval)
         else:
-            torch.logical_and(mask, sc >= cut.threshold, out=mask)
-        if ties and (cut.tie_chunks is None or (i, a) in cut.tie_chunks):
+            torch.logical_and(mask, values >= cut.threshold, out=mask)
+        if tied:
             take = (sc == cut.threshold).nonzero().squeeze(1)[:ties]
             mask[take] = False
             ties -= take.numel()

@@ -1,19 +1,31 @@
 /* The exact global cut's two passes (sparsity/allocation.py) over a chunk of float32 scores, compiled because in
  * torch the first took six whole-chunk operations (two comparisons, two counts, an xor, a masked select) and most
- * of the cut's time. Both split the chunk over `threads` OpenMP threads. */
+ * of the cut's time. Both split the chunk over `threads` OpenMP threads. With `absval` the chunk is the weights
+ * themselves and the score is |x| (a magnitude score), taken as it is read: no score chunk is written and read
+ * back; `kept` (optional, one byte a weight) marks weights already pruned, which score -inf. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BLOCK 16
 #define MAX_THREADS 64
 
+/* A block's scores. */
+static inline void load(const float *s, const uint8_t *kept, int absval, int64_t m, float *x) {
+    for (int64_t j = 0; j < m; j++) x[j] = absval ? fabsf(s[j]) : s[j];
+    if (kept)
+        for (int64_t j = 0; j < m; j++) x[j] = kept[j] ? x[j] : -INFINITY;
+}
+
 /* Counts in blocks of 16 (a loop the compiler vectorises); the rare block holding band values (~1 % of scores
  * are) copies them in a second, scalar loop. No branch depends on the half of the scores below lo. */
-static void band_range(const float *s, int64_t n, float lo, float hi, float *band, int64_t room, int64_t *out) {
+static void band_range(const float *s, const uint8_t *kept, int absval, int64_t n, float lo, float hi, float *band,
+                       int64_t room, int64_t *out) {
     int64_t below = 0, inside = 0, nan = 0;
+    float x[BLOCK];
     for (int64_t b = 0; b < n; b += BLOCK) {
         int64_t m = n - b < BLOCK ? n - b : BLOCK;
-        const float *x = s + b;
+        load(s + b, kept ? kept + b : 0, absval, m, x);
         int32_t lt = 0, in = 0, bad = 0;
         for (int64_t j = 0; j < m; j++) {
             lt += x[j] < lo;
@@ -39,15 +51,15 @@ static void band_range(const float *s, int64_t n, float lo, float hi, float *ban
 /* How many scores are below lo, how many lie in [lo, hi] (copied to the front of band, in order, when they fit in
  * `room`), how many are NaN. Each thread fills its share of the room; the shares are then moved together.
  * Returns the number copied, or -1 when a thread's share had no room (the counts are complete either way). */
-int64_t smc_band(const float *s, int64_t n, float lo, float hi, float *band, int64_t room, int64_t *counts,
-                 int threads) {
+int64_t smc_band(const float *s, const uint8_t *kept, int absval, int64_t n, float lo, float hi, float *band,
+                 int64_t room, int64_t *counts, int threads) {
     int nt = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     if (n < 65536) nt = 1;
     int64_t share = room / nt, parts[MAX_THREADS][3];
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int t = 0; t < nt; t++) {
         int64_t a = n * t / nt, b = n * (t + 1) / nt;
-        band_range(s + a, b - a, lo, hi, band + share * t, share, parts[t]);
+        band_range(s + a, kept ? kept + a : 0, absval, b - a, lo, hi, band + share * t, share, parts[t]);
     }
     int64_t below = 0, inside = 0, nan = 0, fits = 1;
     for (int t = 0; t < nt; t++) {
@@ -63,10 +75,16 @@ int64_t smc_band(const float *s, int64_t n, float lo, float hi, float *band, int
     return fits ? inside : -1;
 }
 
-/* The second pass: clear the mask (bool, one byte each) where the score is below the threshold (NaN too). */
-void smc_keep(const float *s, int64_t n, float threshold, uint8_t *mask, int threads) {
+/* The second pass: clear the mask (bool, one byte each) where the score is below the threshold (NaN too). A
+ * weight already pruned needs no -inf here: its mask byte is 0 and stays 0. */
+void smc_keep(const float *s, int absval, int64_t n, float threshold, uint8_t *mask, int threads) {
     int nt = threads < 1 ? 1 : threads;
     if (n < 65536) nt = 1;
+    if (absval) {
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < n; i++) mask[i] &= s[i] >= threshold;
+        for (int64_t i = 0; i < n; i++) mask[i] &= fabsf(s[i]) >= threshold;
+    } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t i = 0; i < n; i++) mask[i] &= s[i] >= threshold;
+    }
 }

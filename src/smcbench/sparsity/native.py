@@ -53,10 +53,11 @@ def _library() -> ctypes.CDLL | None:
                     built.replace(path)  # whole, then renamed: a concurrent run never loads half a file
             lib = ctypes.CDLL(str(path))
             lib.smc_band.restype = ctypes.c_int64
-            lib.smc_band.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
-                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+            lib.smc_band.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float,
+                                     ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
             lib.smc_keep.restype = None
-            lib.smc_keep.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+            lib.smc_keep.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
+                                     ctypes.c_int]
         except (OSError, subprocess.SubprocessError):
             lib = None  # no working compiler here: the torch path
     _LIB.append(lib)
@@ -67,19 +68,25 @@ def band_available(scores: Tensor) -> bool:
     return scores.device.type == "cpu" and _library() is not None
 
 
-def band(scores: Tensor, lo: float, hi: float, out: Tensor) -> tuple[int, int, int, bool]:
+def band(scores: Tensor, lo: float, hi: float, out: Tensor, absval: bool = False,
+         kept: Tensor | None = None) -> tuple[int, int, int, bool]:
     """Over float32 CPU `scores`: (count below lo, count in [lo, hi], NaN count, whether they all fit), the ones
     in [lo, hi] copied to the front of `out` (float32, contiguous) when they fit (each of torch's threads takes
-    an equal share of the chunk and of `out`)."""
+    an equal share of the chunk and of `out`). `absval`: `scores` are weights and the score is their absolute
+    value; `kept` (bool, same length): False marks a weight already pruned, which scores -inf."""
     scores = scores.contiguous()
     counts = torch.zeros(3, dtype=torch.int64)
-    got = _library().smc_band(scores.data_ptr(), scores.numel(), lo, hi, out.data_ptr(), out.numel(),
-                              counts.data_ptr(), torch.get_num_threads())
+    kept = None if kept is None else kept.contiguous()  # (held: the pointer must outlive the call)
+    kept_ptr = None if kept is None else kept.data_ptr()
+    got = _library().smc_band(scores.data_ptr(), kept_ptr, int(absval), scores.numel(), lo, hi, out.data_ptr(),
+                              out.numel(), counts.data_ptr(), torch.get_num_threads())
     below, inside, nan = counts.tolist()
     return below, inside, nan, got >= 0
 
 
-def keep(scores: Tensor, threshold: float, mask: Tensor) -> None:
-    """mask &= scores >= threshold, in place (float32 CPU scores, a contiguous bool mask of the same length)."""
+def keep(scores: Tensor, threshold: float, mask: Tensor, absval: bool = False) -> None:
+    """mask &= scores >= threshold (|scores| with `absval`), in place (float32 CPU scores, a contiguous bool mask of
+    the same length)."""
     scores = scores.contiguous()
-    _library().smc_keep(scores.data_ptr(), scores.numel(), threshold, mask.data_ptr(), torch.get_num_threads())
+    _library().smc_keep(scores.data_ptr(), int(absval), scores.numel(), threshold, mask.data_ptr(),
+                        torch.get_num_threads())

@@ -82,6 +82,11 @@ class Score(ABC):
     def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
         """float32 scores of `weight.reshape(-1)[index]` for the tensor called `name`."""
 
+    def abs_of(self, name: str, weight: Tensor) -> Tensor | None:
+        """A float32 tensor (no copy) whose absolute values are these scores, flat, or None. The compiled cut
+        (sparsity/band.c) reads it and takes |x| as it goes instead of writing a score chunk and reading it back."""
+        return None
+
 
 def build_score(name: str, context: ScoreContext) -> Score:
     """A registered score, built for one pruning step from what `context` offers."""
@@ -98,6 +103,10 @@ def _flat(t: Tensor, index: Index) -> Tensor:
 class MagnitudeScore(Score):
     def flat(self, name: str, weight: Tensor, index: Index) -> Tensor:
         return _flat(weight, index).abs().float()
+
+    def abs_of(self, name: str, weight: Tensor) -> Tensor | None:
+        w = weight.detach()
+        return w.reshape(-1) if w.dtype == torch.float32 and w.is_contiguous() else None
 
 
 def _salt(seed: int, name: str) -> int:
