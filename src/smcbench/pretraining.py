@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from smcbench.errors import SmcBenchError
 from smcbench.training import Callback, LoopState
 
 
@@ -56,18 +59,46 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
     return out
 
 
-def ensure_built(folder: Path, marker: str, build: Callable[[Path], object], announce: str) -> Path:
+_BUILDS_ALLOWED: ContextVar[bool] = ContextVar("smcbench_builds_allowed", default=True)
+
+
+class NotBuilt(SmcBenchError):
+    """A model that would have to be pretrained first, asked for where nothing may be trained (a dry run)."""
+
+
+@contextmanager
+def no_pretraining() -> Iterator[None]:
+    """Within: a missing model that takes minutes to build raises NotBuilt instead (`grid --dry-run` runs nothing,
+    so it must not pretrain mbart-tiny for half an hour to probe its time)."""
+    token = _BUILDS_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _BUILDS_ALLOWED.reset(token)
+
+
+def ensure_built(folder: Path, marker: str, build: Callable[[Path], object], announce: str,
+                 command: str | None = None) -> Path:
     """`folder` once it holds `marker`; if it does not, `build(folder)` makes it, under a lock so that concurrent
-    workers build it once (the others wait, then find it)."""
+    workers build it once (the others wait, then find it). `command` (the CLI that builds it) marks a build that
+    takes minutes: refused inside `no_pretraining()`; a quick one (a format conversion) passes None."""
     import fcntl
 
     if (folder / marker).is_file():
         return folder
+    if command and not _BUILDS_ALLOWED.get():
+        raise NotBuilt(f"{folder.name} is not built yet: the first run that needs it pretrains it ({announce}); "
+                       f"`{command}` builds it now")
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / marker).is_file():
-            print(announce, flush=True)
+            # A build killed by a signal leaves its hidden folder (write_folder's cleanup never ran); under the
+            # lock no other build is using one.
+            for stale in folder.parent.glob(f".{folder.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            print(f"{announce}: once, into {folder}", flush=True)
             build(folder)
     return folder
 

@@ -66,4 +66,4 @@ def convert(out: Path) -> Path:
 
 def ensure() -> Path:
     """The converted AntiBERTy folder, converted once into the cache."""
-    return ensure_built(folder(), RECORD, convert, f"converting AntiBERTy (antiberty=={VERSION}) into {folder()}")
+    return ensure_built(folder(), RECORD, convert, f"converting AntiBERTy (antiberty=={VERSION})")

@@ -165,10 +165,10 @@ def check_held_out(folder: Path, test_sequences: list[str], what: str, remedy: s
                             f"{remedy}")
 
 
-def ensure_tiny(corpus_name: str, build_corpus: Callable[[], PretrainCorpus]) -> Path:
+def ensure_tiny(corpus_name: str, build_corpus: Callable[[], PretrainCorpus], command: str) -> Path:
     """The cached esm-tiny pretrained on the corpus `corpus_name`, pretrained first if missing (one process at a
-    time; `build_corpus` reads the data only then)."""
+    time; `build_corpus` reads the data only then); `command` is the CLI that builds it."""
     return ensure_built(tiny_folder(corpus_name), RECORD,
                         lambda folder: pretrain_tiny(build_corpus(), folder, progress=False),
-                        f"pretraining {TINY_NAME} on {corpus_name} into {tiny_folder(corpus_name)}: once, a few "
-                        "minutes")
+                        f"pretraining {TINY_NAME} on {corpus_name}, a few minutes",
+                        command=command)

@@ -143,7 +143,11 @@ class ProteinRun(TaskRun):
             return str(antiberty.ensure())
         if self.spec.model != TINY_NAME:
             return self.spec.model
-        return str(ensure_tiny(self.tiny_corpus_name(), self.tiny_corpus))
+        return str(ensure_tiny(self.tiny_corpus_name(), self.tiny_corpus, self.pretrain_command()))
+
+    def pretrain_command(self) -> str:
+        """The CLI that pretrains this task's esm-tiny ahead of a run."""
+        return f"smc-bench pretrain {TINY_NAME} --task {self.name}"
 
     @cached_property
     def tokenizer(self):
@@ -297,6 +301,9 @@ class HotProteinFoldRun(ProteinRun):
 
     def tiny_corpus_name(self) -> str:
         return f"heldout-{self.spec.fold}"
+
+    def pretrain_command(self) -> str:
+        return f"{super().pretrain_command()} --exclude-folds {self.spec.fold}"
 
     def held_out_remedy(self) -> tuple[str, str]:
         k = self.spec.fold

@@ -203,7 +203,7 @@ def _pad(inputs: list[list[int]], labels: list[list[int]], pad: int) -> dict[str
 def ensure_tiny(data_dir: Path) -> Path:
     """The cached mbart-tiny, pretrained first if missing (one process at a time)."""
     return ensure_built(tiny_folder(), RECORD, lambda folder: pretrain_tiny(data_dir, folder, progress=False),
-                        f"pretraining {TINY_NAME} into {tiny_folder()}: once, several minutes")
+                        f"pretraining {TINY_NAME}, ~30 minutes", command=f"smc-bench pretrain {TINY_NAME}")
 
 
 @register_pretrainer(TINY_NAME)
