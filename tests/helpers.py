@@ -337,3 +337,20 @@ def csqa_request(tiny_model_path, data_root, out, method, sparsities, keep_weigh
                                eval_size=8, max_length=32),
                       method, sparsities, TrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every=3), settings,
                       out, progress=False, keep_weights=keep_weights)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`smc-bench ARGS` in this process, as the console script runs it (one-line errors, exit status): the same
+    code path as a subprocess without paying a fresh interpreter's imports each time. (status, stdout, stderr)."""
+    import sys
+
+    from smcbench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["smc-bench", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

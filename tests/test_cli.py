@@ -6,7 +6,7 @@ import sys
 import pytest
 from safetensors import safe_open
 
-from helpers import tiny_bert_config
+from helpers import run_cli, tiny_bert_config
 from smcbench.bench import threshold
 
 CLI = [sys.executable, "-c", "from smcbench.cli import main; main()"]
@@ -26,11 +26,11 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-def test_prune_writes_masks_and_reports_exact_sparsity(tiny_model_dir, tmp_path):
-    out = run("prune", "--model", str(tiny_model_dir), "--sparsity", "0.36", "--json",
-              "--masks-out", str(tmp_path / "m.safetensors"))
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+def test_prune_writes_masks_and_reports_exact_sparsity(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    code, said, err = run_cli(monkeypatch, capsys, "prune", "--model", str(tiny_model_dir), "--sparsity", "0.36",
+                              "--json", "--masks-out", str(tmp_path / "m.safetensors"))
+    assert code == 0, err
+    report = json.loads(said)
     total = sum(r["numel"] for r in report["layers"])
     assert sum(r["pruned"] for r in report["layers"]) == round(0.36 * total)
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
@@ -47,11 +47,12 @@ def test_bad_input_is_one_error_line_and_a_nonzero_exit_from_the_installed_comma
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_unknown_model_is_one_error_line():
-    out = run("prune", "--model", "no-such-model", "--sparsity", "0.5")
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert "unknown model 'no-such-model'" in out.stderr
+def test_unknown_model_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "prune", "--model", "no-such-model", "--sparsity", "0.5")
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()]
+    assert "unknown model 'no-such-model'" in err
 
 
 def test_bench_threshold_json_has_every_key_and_the_engine_is_exact():

@@ -71,7 +71,7 @@ def test_two_workers_run_the_grid_with_dependencies(tiny_model_path, data_root, 
 def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path):
     spec_path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                            methods=["omp_before", "random_before"], sparsities=[0.2, 0.36],
-                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 80, "eval_every": 2})
+                           train={"lr": 1e-3, "batch_size": 4, "max_steps": 24, "eval_every": 2})
     cmd = [sys.executable, "-c", "from smcbench.cli import main; main()", "grid", str(spec_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "out" / "results.db"
@@ -299,6 +299,38 @@ def test_the_dry_run_predicts_time_from_a_probe_then_from_finished_runs_of_the_s
         runs = [r["wall_s"] + r["eval_s"] for r in records if r["method"] == node.request.method]
         assert predicted[node.id].source == "runs"
         assert math.isclose(predicted[node.id].seconds, statistics.median(runs))  # omp_after: either level's
+
+
+def test_a_grid_records_its_predictions_and_checks_them_when_it_ends(tiny_model_path, data_root, tmp_path,
+                                                                      monkeypatch, capsys):
+    import json
+
+    from helpers import run_cli
+    from smcbench.report.render import build
+    from smcbench.runner.timing import PREDICTIONS, against_runs
+
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    path = str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
+                          methods=["dense", "omp_after"]))
+    code, said, err = run_cli(monkeypatch, capsys, "grid", path, "--dry-run")  # probes the task once
+    assert code == 0, err
+    code, said, err = run_cli(monkeypatch, capsys, "grid", path)
+    assert code == 0, err
+    lines = [json.loads(x) for x in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    assert [x["source"] for x in lines] == ["probe"] * 3 and sum(len(x["runs"]) for x in lines) == 3
+    records = ResultStore(tmp_path / "out" / "results.db").records()
+    rows = against_runs(tmp_path / "out", records)
+    took = sum(r["wall_s"] + r["eval_s"] for r in records)
+    assert sum(r["took_s"] for r in rows) == pytest.approx(took, rel=1e-12)
+    assert sum(r["predicted_s"] for r in rows) == pytest.approx(sum(x["predicted_s"] for x in lines), rel=1e-12)
+    assert "time: the 3 runs that ran were predicted" in said
+    build(tmp_path / "out" / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Time: predicted against taken" in md and "| commonsense/csqa | omp_after | 2 | probe |" in md
+    # A second grid over the same folder has nothing to do and predicts nothing more.
+    code, said, err = run_cli(monkeypatch, capsys, "grid", path)
+    assert code == 0 and len((tmp_path / "out" / PREDICTIONS).read_text().splitlines()) == 3
+    assert "time:" not in said
 
 
 def test_obert_declares_its_fisher_passes_to_the_dry_run():

@@ -76,7 +76,7 @@ def test_esm_tiny_is_pretrained_with_the_fold_held_out_and_refuses_a_leaked_fold
 
     monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(__import__("smcbench.tasks.protein.pretrain", fromlist=["x"]).PRETRAIN_DEFAULTS, "steps", 3)
-    folder = ensure_tiny("heldout-0", lambda: hotprotein_corpus(protein_root, (0,)))
+    folder = ensure_tiny("heldout-0", lambda: hotprotein_corpus(protein_root, (0,)), "smc-bench pretrain esm-tiny")
     record = json.loads((folder / RECORD).read_text())
     assert record["held_out_folds"] == [0] and len(record["held_out_sequences"]) == 2 * 2  # S2C2 + S2C5 tests
     assert record["corpus_sequences"] == 2 * 10 * 10 - 4
@@ -185,21 +185,18 @@ def test_esm_tiny_for_a_single_split_task_pretrains_on_its_training_split_only(s
     task.train_examples()  # the leak check passes: every test sequence was held out
 
 
-def test_pretrain_command_builds_the_corpus_of_the_chosen_task(single_split_root, tmp_path):
-    import subprocess
-    import sys
+def test_pretrain_command_builds_the_corpus_of_the_chosen_task(single_split_root, tmp_path, monkeypatch, capsys):
+    from helpers import run_cli
 
     out = tmp_path / "tiny"
-    done = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "esm-tiny", "--task", "protein/hp-s",
-                           "--steps", "1", "--data-dir", str(single_split_root), "--out", str(out)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "esm-tiny", "--task", "protein/hp-s", "--steps", "1",
+                           "--data-dir", str(single_split_root), "--out", str(out))
+    assert code == 0, err
     record = json.loads((out / "smcbench_pretraining.json").read_text())
     assert record["corpus_name"] == "hp-s" and record["corpus_sequences"] == 20
-    refused = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "esm-tiny", "--task", "protein/hp-s",
-                              "--exclude-folds", "1", "--data-dir", str(single_split_root), "--out", str(out)],
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "has no folds" in refused.stderr
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "esm-tiny", "--task", "protein/hp-s", "--exclude-folds",
+                           "1", "--data-dir", str(single_split_root), "--out", str(out))
+    assert code == 2 and "has no folds" in err
 
 
 def test_antiberty_converts_from_its_package_files_and_says_its_domain(protein_root, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from helpers import (
     assert_exact_sparsity,
     make_tiny_mbart,
     make_translation_data,
+    run_cli,
     synthetic_translation,
 )
 from smcbench.errors import SmcBenchError
@@ -177,19 +178,19 @@ def test_noise_permutes_sentences_and_masks_spans_with_one_token_each():
     assert len(orders) > 1  # sentence order is permuted
 
 
-def test_pretrain_command_denoises_on_training_text_only(data_root, tmp_path):
+def test_pretrain_command_denoises_on_training_text_only(data_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "mbart-tiny"
-    done = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "mbart-tiny", "--steps", "2",
-                           "--data-dir", str(data_root), "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "mbart-tiny", "--steps", "2", "--data-dir", str(data_root),
+                           "--out", str(out))
+    assert code == 0, err
     record = json.loads((out / "smcbench_pretraining.json").read_text())
     assert "ru" not in record["lines_per_language"] and record["lines_per_language"]["fr"] == 60
     assert set(record["loss_by_step"]) == {"1", "2"}
     task = get_task(TaskSpec("translation/2-2", str(out), str(data_root), train_size=2))
     assert task.initial_model().config.d_model == 256
-    refused = subprocess.run([sys.executable, "-m", "smcbench.cli", "pretrain", "mbart-tiny", "--exclude-folds", "1",
-                              "--data-dir", str(data_root), "--out", str(out)], capture_output=True, text=True)
-    assert refused.returncode == 2 and "do not apply" in refused.stderr
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "mbart-tiny", "--exclude-folds", "1", "--data-dir",
+                           str(data_root), "--out", str(out))
+    assert code == 2 and "do not apply" in err
 
 
 @pytest.mark.skipif(not (SHARED / "translation").is_dir(), reason="the translation data (../shared/data/translation) "
@@ -246,3 +247,37 @@ def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root,
     assert r["data"]["tatoeba"] == {"fr": {"pairs": 4, "removed": 1, "kept": 3},
                                     "cs": {"pairs": 4, "removed": 1, "kept": 3}}
     assert r["metric"]["secondary"] == ["chrf", "bleu_flores"]
+
+
+def test_a_dry_run_does_not_pretrain_mbart_tiny_to_probe_its_time(data_root, tmp_path, monkeypatch):
+    """Regression: `grid laptop --dry-run` started pretraining mbart-tiny (half an hour) to probe a translation
+    task's time, and a killed build left its hidden folder behind."""
+    from smcbench.pretraining import NotBuilt, ensure_built, no_pretraining
+    from smcbench.runner.grid import expand
+    from smcbench.runner.spec import GridSpec
+    from smcbench.runner.timing import predict
+    from smcbench.tasks.translation.pretrain import tiny_folder
+
+    monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
+    spec = GridSpec.model_validate({
+        "name": "t", "out": str(tmp_path / "out"), "data_dir": str(data_root), "models": ["mbart-tiny"],
+        "tasks": [{"task": "translation/2-2", "val_size": 4, "eval_size": 2}], "methods": ["dense", "omp_after"],
+        "sparsities": [0.2], "train": {"max_steps": 2}})
+    said = []
+    times = predict(expand(spec), said.append)
+    assert {t.source for t in times.values()} == {"unknown"} and not tiny_folder().exists()
+    assert said[0].startswith("measuring translation/2-2 (mbart-tiny")
+    assert said[1:] == ["no time estimate for translation/2-2 (mbart-tiny): mbart-tiny is not built yet: the first run "
+                    "that needs it pretrains it (pretraining mbart-tiny, ~30 minutes); `smc-bench pretrain "
+                    "mbart-tiny` builds it now"]  # once, not once per run
+    stale = tmp_path / ".m.abc123"
+    stale.mkdir()
+    built = []
+    with no_pretraining():
+        with pytest.raises(NotBuilt):
+            ensure_built(tmp_path / "m", "done", built.append, "building m", command="smc-bench pretrain m")
+        ensure_built(tmp_path / "q", "done", lambda f: (f.mkdir(), (f / "done").touch()), "converting q")
+    assert built == [] and (tmp_path / "q" / "done").is_file() and stale.exists()
+    ensure_built(tmp_path / "m", "done", lambda f: (f.mkdir(), (f / "done").touch()), "building m",
+                 command="smc-bench pretrain m")
+    assert not stale.exists()  # removed under the lock before the build

@@ -337,6 +337,12 @@ def grid(
         if len(plans) > 1:
             print_total(grid_spec.name, plans, sum(seconds), workers)
         return
+    from datetime import UTC, datetime
+
+    from smcbench.runner.timing import predict, save_predictions
+
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    save_predictions(nodes, predict(nodes, lambda _: None, measure_missing=False))  # checked when the grid ends
     if executor == "ray":
         status = run_ray(nodes, address, cpus_per_run, gpus_per_run, print_progress)
     else:
@@ -350,8 +356,24 @@ def grid(
     for node in nodes:
         if node.id in failed:
             typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
+    print_time_check({n.request.out for n in nodes}, started)
     if failed:
         sys.exit(1)
+
+
+def print_time_check(outs: set[Path], since: str) -> None:
+    """After a grid: what the dry run's figures predicted for the runs that ran, against what they took (sums
+    over the runs: with several workers, more than the wall time)."""
+    from smcbench.runner.store import ResultStore
+    from smcbench.runner.timing import against_runs, human_time
+
+    rows = [row for out in sorted(outs) if (out / "results.db").is_file()
+            for row in against_runs(out, ResultStore(out / "results.db").records(), since)]
+    if rows:
+        predicted, took = sum(r["predicted_s"] for r in rows), sum(r["took_s"] for r in rows)
+        runs = sum(r["runs"] for r in rows)
+        typer.echo(f"time: the {runs} runs that ran were predicted {human_time(predicted)} and took "
+                   f"{human_time(took)} ({took / predicted - 1:+.0%}; runner.timing)")
 
 
 def print_total(name: str, plans: list, seconds: float, workers: int) -> None:

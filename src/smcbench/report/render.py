@@ -133,6 +133,7 @@ def build(results: Path, out: Path, levels: list[float] | None = None, rule: ver
                                           report.figure)
     for (task, model), rows in sorted(groups.items()):
         _group(report, task, model, rows, levels, judged[(task, model)])
+    _time_check(report, results.parent, records)
     report.sections.append(("Run metadata", summary.run_metadata(records)))
     (out / "report.md").write_text(report.markdown())
     (out / "report.html").write_text(report.html())
@@ -229,6 +230,34 @@ def _method_notes(report: Report, label: str, rows: list[dict]) -> None:
                   "|---|---|---|---|---|", *table]
     if lines:
         report.sections.append((f"How the methods ran: {label}", "\n".join(lines)))
+
+
+def _time_check(report: Report, folder: Path, records: list[dict]) -> None:
+    """The grid's time predictions (made before it ran, runner.timing) against what its runs took."""
+    from smcbench.runner.timing import against_runs, human_time
+
+    rows = against_runs(folder, records)
+    if not rows:
+        return
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["method"])].append(r)
+
+    def line(name: str, task: str, group: list[dict]) -> str:
+        predicted, took = sum(r["predicted_s"] for r in group), sum(r["took_s"] for r in group)
+        sources = ", ".join(sorted({r["source"] for r in group}))
+        runs = sum(r["runs"] for r in group)
+        return (f"| {cell(task)} | {cell(name)} | {runs} | {sources} | {human_time(predicted)} | {human_time(took)} "
+                f"| {took / predicted - 1:+.0%} |")
+
+    lines = ["Each grid appends what it predicted for every run still to do before it starts (OUT/predictions.jsonl: "
+             "from finished runs of the same kind, else a probe of the task on this machine); here each finished "
+             "run's recorded time (training, pruning, evaluation) against its latest prediction.\n",
+             "| task | method | runs | predicted from | predicted | took | took vs predicted |",
+             "|---|---|---|---|---|---|---|",
+             *(line(method, task, group) for (task, method), group in sorted(groups.items())),
+             line("all", "", rows)]
+    report.sections.append(("Time: predicted against taken", "\n".join(lines)))
 
 
 def _direction(metric: Metric) -> str:

@@ -13,6 +13,10 @@ costs, best source first:
 A method with large extra passes declares them in updates (`Method.extra_updates`: oBERT's gradients and Fisher).
 What a probe does not see: small extra passes (SNIP's gradients, SparseGPT's calibration) and an untrained model
 generating longer than a trained one (translation); the finished runs correct both as they come in.
+
+The check: before a grid runs, each node's prediction is appended to OUT/predictions.jsonl (`save_predictions`);
+when it ends the grid prints the predicted against the taken time of what ran, and the report sets every run's
+record against its prediction (`against_runs`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import math
 import platform
 import statistics
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -31,7 +37,9 @@ import torch
 from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
 from smcbench.methods import get_method
+from smcbench.pretraining import no_pretraining
 from smcbench.runner.grid import Node
+from smcbench.runner.identity import config_id
 from smcbench.runner.store import ResultStore
 from smcbench.tasks import TaskSpec, get_task
 from smcbench.training import Callback, LoopState, TrainConfig, train
@@ -155,7 +163,7 @@ def predict(nodes: list[Node], say=print, measure_missing: bool = True) -> dict[
     configuration without a cached probe is probed now (`measure_missing`), else its runs are unknown (NaN), as
     are those of a model that cannot be built here (a hub model offline)."""
     finished = _finished({n.request.out for n in nodes})
-    out = {}
+    out, failed = {}, set()
     for node in nodes:
         if node.done():
             out[node.id] = Estimate(0.0, "runs")
@@ -165,11 +173,15 @@ def predict(nodes: list[Node], say=print, measure_missing: bool = True) -> dict[
             out[node.id] = Estimate(sum(known), "runs")
             continue
         r = node.request
-        try:
-            probe = cached_probe(r.spec, r.train, say, measure_missing)
-        except (SmcBenchError, OSError) as err:
-            say(f"no time estimate for {r.spec.task} ({r.spec.model}): {str(err).splitlines()[0][:160]}")
-            probe = None
+        key = _probe_key(r.spec, r.train)
+        probe = None
+        if key not in failed:  # a configuration that cannot be probed is tried and told once, not once per run
+            try:
+                with no_pretraining():  # a dry run trains nothing: a model still to pretrain leaves its time unknown
+                    probe = cached_probe(r.spec, r.train, say, measure_missing)
+            except (SmcBenchError, OSError) as err:
+                failed.add(key)
+                say(f"no time estimate for {r.spec.task} ({r.spec.model}): {str(err).splitlines()[0][:240]}")
         out[node.id] = Estimate(math.nan, "unknown") if probe is None else Estimate(_from_probe(node, probe), "probe")
     return out
 
@@ -182,3 +194,46 @@ def human_time(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+PREDICTIONS = "predictions.jsonl"  # in a grid's output folder: what was predicted for each node before it ran
+
+
+def save_predictions(nodes: list[Node], estimates: dict[str, Estimate]) -> None:
+    """Append each node still to run, with its prediction, to its output folder's predictions.jsonl."""
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines: dict[Path, list[str]] = defaultdict(list)
+    for node in nodes:
+        if node.done():
+            continue
+        e = estimates[node.id]
+        lines[node.request.out].append(json.dumps({
+            "node": node.id, "label": node.label, "runs": [config_id(c) for c in node.configs()],
+            "predicted_s": None if math.isnan(e.seconds) else e.seconds, "source": e.source, "at": at}))
+    for out, rows in lines.items():
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / PREDICTIONS, "a") as f:
+            f.write("".join(row + "\n" for row in rows))
+
+
+def against_runs(out: Path, records: list[dict], since: str | None = None) -> list[dict]:
+    """Each node predicted in `out` (its latest prediction, made at or after `since`) whose runs have all finished:
+    {label, task, method, runs, source, predicted_s, took_s}, took = the runs' recorded training and evaluation time."""
+    path = out / PREDICTIONS
+    if not path.is_file():
+        return []
+    latest = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("predicted_s") is not None and (since is None or row["at"] >= since):
+            latest[row["node"]] = row
+    by_id = {r["run_id"]: r for r in records if r.get("wall_s") is not None}
+    out_rows = []
+    for row in latest.values():
+        runs = [by_id.get(i) for i in row["runs"]]
+        if runs and all(runs):
+            took = sum(float(r["wall_s"]) + float(r.get("eval_s") or 0) for r in runs)
+            out_rows.append({"label": row["label"], "task": runs[0]["task"], "method": runs[0]["method"],
+                             "runs": len(runs), "source": row["source"], "predicted_s": row["predicted_s"],
+                             "took_s": took})
+    return out_rows
