@@ -225,3 +225,18 @@ def test_bisection_fallback_is_taken_and_exact():
     assert calls
     assert int((~mask).sum()) == 400
     assert float(w[~mask].abs().max()) <= float(w[mask].abs().min())
+
+
+def test_the_compiled_pass_is_chosen_by_where_the_weights_are_not_the_band_buffer():
+    """Regression: find_cut asked whether its CPU band buffer could take the compiled pass, so weights on a GPU
+    would have had their device pointers read by C. Here a weight the compiled pass cannot read (as a GPU one)
+    sends the whole cut down the torch path, with the same exact result."""
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(w, dtype=torch.bool)
+    cpu_only = native.band_available
+    with (engine_path("band"), mock.patch.object(native, "band_available", lambda t: cpu_only(t) and t is not w),
+          mock.patch.object(native, "band", side_effect=AssertionError("compiled pass on a non-CPU weight")),
+          mock.patch.object(native, "keep", side_effect=AssertionError("compiled pass on a non-CPU weight"))):
+        prune_groups([([Slot("w", w, mask)], 1000)], MagnitudeScore())
+    expected = reference_pruned([w], [torch.ones_like(mask)], 1000)
+    assert (~mask.reshape(-1)).numpy().tolist() == expected.tolist()

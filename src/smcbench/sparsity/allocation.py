@@ -188,7 +188,9 @@ def find_cut(group: _Group, k: int) -> Cut:
     band = torch.empty(int(2.5 * expected) + _MIN_BAND, dtype=torch.float32)
     pieces: list[tuple[int, int, int, int]] | None = []  # (tensor number, chunk start, band start, band stop)
     n_lt = n_le = used = 0
-    fast = native.band_available(band)  # the compiled pass (sparsity/band.c); else six torch operations a chunk
+    # The compiled pass (sparsity/band.c) where the scores are on the CPU (they live where their weights do; the
+    # band buffer always is); else six torch operations a chunk.
+    fast = all(native.band_available(s.weight) for s in group.slots)
     chunks = group.native_chunks() if fast else ((*c, False, None) for c in group.chunk_scores())
     for i, a, _, sc, absval, kept in chunks:
         if fast:
@@ -234,7 +236,7 @@ def find_cut(group: _Group, k: int) -> Cut:
 def apply_cut(group: _Group, cut: Cut) -> None:
     """Clear mask bits below the cut and the first `cut.ties` equal to it. Masks only lose bits."""
     ties = cut.ties
-    fast = native.band_available(group.slots[0].weight)  # scores live where their weights do
+    fast = all(native.band_available(s.weight) for s in group.slots)  # scores live where their weights do
     chunks = group.native_chunks() if fast else ((*c, False, None) for c in group.chunk_scores(check_nan=False))
     for i, a, b, values, absval, _ in chunks:
         mask = group.slots[i].mask.view(-1)[a:b]
