@@ -102,6 +102,9 @@ CATALOGUE = [
     (["bench", "inference", "--backend", "nosuch"], "--backend 'nosuch'"),
     # shrink
     (["shrink", "nowhere", "--out", "small"], "no config.json, masks.safetensors, model.safetensors"),
+    # versus
+    (["versus", "gmp"], "Missing argument 'b'"),
+    (["versus", "gmp", "obert", "--out", "nowhere"], "--out 'nowhere': no results.db there"),
 ]
 
 SPECS = {

@@ -130,3 +130,13 @@ def test_bleu_is_resampled_through_sacrebleus_statistics_and_agrees_with_its_pai
     _, scores = test()
     theirs = scores["BLEU"][1].p_value
     assert abs(2 * level.p - theirs) < 0.03, (level.p, theirs)
+
+
+def test_the_other_tail_mirrors_the_first_when_the_roles_swap():
+    rng = np.random.default_rng(11)
+    d, s = simulated_pair(rng, 800, 0.08, 0.14)  # sparse right on more: it is better
+    forward = compare([(d, s)], ACCURACY, 0.5, resamples=4000, seed=1)
+    backward = compare([(s, d)], ACCURACY, 0.5, resamples=4000, seed=1)
+    assert forward.p_better < 0.01 < 0.99 < forward.p
+    assert backward.p < 0.01 and backward.delta == pytest.approx(-forward.delta, abs=1e-15)
+    assert backward.p == pytest.approx(forward.p_better, abs=0.01)  # the same tail, seen from the other side

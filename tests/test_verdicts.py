@@ -73,3 +73,33 @@ def test_the_export_carries_each_runs_verdict_interval_and_rule(runs, tmp_path):
         assert float(r["delta_low"]) <= float(r["delta"]) <= float(r["delta_high"])
     dense = next(r for r in rows if r["method"] == "dense")
     assert dense["verdict_rule"] == "" and dense["metric_name"] == "accuracy"  # the reference is not judged
+
+
+def test_one_method_against_another_pairs_their_answers_level_by_level(tiny_model_path, data_root, tmp_path,
+                                                                       monkeypatch, capsys):
+    from helpers import run_cli
+    from smcbench.errors import SmcBenchError
+    from smcbench.report.versus import versus
+
+    for method in ("omp_after", "omp_before"):
+        execute(csqa_request(tiny_model_path, data_root, tmp_path, method, [0.2, 0.9]))
+    records = ResultStore(tmp_path / "results.db").records()
+    rows = versus(records, "omp_after", "omp_before", resamples=500)
+    assert [r.sparsity for r in rows] == [0.2, 0.9]
+    for r in rows:
+        a, b = ({x["method"]: x for x in records if x["target_sparsity"] == r.sparsity}[m] for m in
+                ("omp_after", "omp_before"))
+        oa, ob = (read(Path(x["dir"]) / OUTCOMES).groups[""].values for x in (a, b))
+        assert (r.a, r.b) == (a["metrics"]["accuracy"], b["metrics"]["accuracy"])
+        assert r.level.delta == pytest.approx(r.b - r.a, abs=1e-12)
+        assert (r.level.lost, r.level.gained) == (sum(x and not y for x, y in zip(oa, ob, strict=True)),
+                                                  sum(y and not x for x, y in zip(oa, ob, strict=True)))
+        assert 0 < r.p_two_sided <= 1
+    swapped = versus(records, "omp_before", "omp_after", resamples=500)
+    assert [(s.level.delta, s.level.lost, s.level.gained) for s in swapped] == [
+        (pytest.approx(-r.level.delta, abs=1e-12), r.level.gained, r.level.lost) for r in rows]
+    with pytest.raises(SmcBenchError, match="no task in these results has runs of both 'omp_after' and 'snip'"):
+        versus(records, "omp_after", "snip")
+    code, said, err = run_cli(monkeypatch, capsys, "versus", "omp_after", "omp_before", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "omp_before − omp_after: paired bootstrap" in said and len(said.strip().splitlines()) == 2 + 2

@@ -433,6 +433,31 @@ def print_plan(name: str, nodes: list, policy: str, workers: int = 1, measure: b
 
 
 @app.command()
+def versus(
+    a: str = typer.Argument(..., help="Method A (or a variant's name as the report writes it), in dense's place."),
+    b: str = typer.Argument(..., help="Method B: the difference is B − A."),
+    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db)."),
+) -> None:
+    """B against A at every level both ran: the paired test on their answers to the same test examples."""
+    from smcbench.report.versus import versus as compare_methods
+    from smcbench.runner.store import ResultStore
+
+    if not (out / "results.db").is_file():
+        fail(f"--out {str(out)!r}: no results.db there: give the folder a run or grid wrote")
+    rows = compare_methods(ResultStore(out / "results.db").records(), a, b)
+    if not rows:
+        fail(f"{a!r} and {b!r} share no level with per-example outcomes in {out}", status=1)
+    typer.echo(f"{b} − {a}: paired bootstrap on the same test examples, 95 % interval, two-sided p")
+    typer.echo(f"{'task / model':<42} {'level':>6} {'A':>7} {'B':>7} {'B − A':>8}  {'interval':<18} {'p':>7}  "
+               "A only / B only right")
+    for r in rows:
+        lv = r.level
+        split = f"{lv.lost} / {lv.gained}" if lv.kind == "binary" else "-"
+        typer.echo(f"{r.task + ' / ' + Path(r.model).name:<42} {r.sparsity:>6.3f} {r.a:>7.3f} {r.b:>7.3f} "
+                   f"{lv.delta:>+8.3f}  [{lv.low:+.3f}, {lv.high:+.3f}]  {r.p_two_sided:>7.4f}  {split}")
+
+
+@app.command()
 def report(
     out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db)."),
     report_dir: Path | None = typer.Option(None, "--to", help="Where to write the report (default: OUT/report)."),

@@ -58,6 +58,7 @@ class Level:
     examples: int = 0  # per seed
     seeds: int = 1
     kind: str = "binary"  # the outcomes compared (smcbench.outcomes): lost / gained exist for binary ones
+    p_better: float = math.nan  # one-sided, the other tail: sparse better than dense (method against method)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def compare(pairs: list[tuple[Outcomes, Outcomes]], metric: Metric, sparsity: fl
     sign = 1.0 if metric.higher_is_better else -1.0  # "worse" is a lower value unless lower is better
     gain, gains = sign * delta, sign * replicates
     p = (1 + int(np.sum(gains - gain <= gain))) / (draws + 1)
+    p_better = (1 + int(np.sum(gains - gain >= gain))) / (draws + 1)
     low, high = np.quantile(replicates, [0.025, 0.975])
     lost = gained = 0
     if kind == "binary":
@@ -165,7 +167,7 @@ def compare(pairs: list[tuple[Outcomes, Outcomes]], metric: Metric, sparsity: fl
             gained += int((~d & s).sum())
     examples = sum(len(g[0]) for g in paired[0])
     return Level(sparsity, delta, float(low), float(high), p, float(np.std(replicates)), lost=lost, gained=gained,
-                 examples=examples, seeds=k, kind=kind)
+                 examples=examples, seeds=k, kind=kind, p_better=p_better)
 
 
 def holm(p_values: list[float]) -> list[float]:
