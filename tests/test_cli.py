@@ -55,12 +55,12 @@ def test_unknown_model_is_one_error_line(monkeypatch, capsys):
     assert "unknown model 'no-such-model'" in err
 
 
-def test_bench_threshold_json_has_every_key_and_the_engine_is_exact():
+def test_bench_threshold_json_has_every_key_and_the_engine_is_exact(monkeypatch, capsys):
     # Two of its methods (each runs in its own process): the engine and the anchor it is compared with.
-    out = run("bench", "threshold", "--json", "--layers", "1", "--hidden", "32", "--vocab", "300",
-              "--methods", "engine,concat_topk")
-    assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout)
+    code, said, err = run_cli(monkeypatch, capsys, "bench", "threshold", "--json", "--layers", "1", "--hidden", "32",
+                              "--vocab", "300", "--methods", "engine,concat_topk")
+    assert code == 0, err
+    figures = json.loads(said)
     assert set(figures) >= {"engine_s", "engine_extra_mb", "engine_exact", "concat_topk_s", "concat_topk_extra_mb",
                             "params"}
     assert "torch_prune_s" not in figures and "floor_s" not in figures  # only what was asked

@@ -68,7 +68,10 @@ def test_two_workers_run_the_grid_with_dependencies(tiny_model_path, data_root, 
     assert sorted(r["method"] for r in records) == ["dense", "omp_after", "random_before"]
 
 
-def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path):
+def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path, data_root, tmp_path, monkeypatch,
+                                                                 capsys):
+    from helpers import run_cli
+
     spec_path = write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                            methods=["omp_before", "random_before"], sparsities=[0.2, 0.36],
                            train={"lr": 1e-3, "batch_size": 4, "max_steps": 24, "eval_every": 2})
@@ -85,8 +88,8 @@ def test_killed_grid_resumes_without_losing_or_duplicating_runs(tiny_model_path,
     proc.wait()
     before = ResultStore(db).records()
     assert 1 <= len(before) < 4
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
+    code, _, err = run_cli(monkeypatch, capsys, "grid", str(spec_path))  # resumed in this process
+    assert code == 0, err
     after = ResultStore(db).records()
     assert sorted(r["run_id"] for r in after) == sorted({r["run_id"] for r in after})  # no duplicates
     assert len(after) == 4 and {r["run_id"] for r in before} <= {r["run_id"] for r in after}
@@ -127,6 +130,9 @@ def test_the_laptop_track_covers_every_family_with_the_equal_budget_control_and_
         methods = {n.request.method for n in nodes}
         assert {"dense", "dense_retrain", "omp_after", "gmp", "omp_before", "snip", "sparsegpt", "wanda"} <= methods
         assert all(n.deps for n in nodes if n.request.method == "dense_retrain")
+    commonsense = expand(load_spec("laptop-commonsense"))
+    assert [n.request.sparsities for n in commonsense if n.request.method == "structured"] == [[0.488]]
+    assert sum(n.request.method == "dense" for n in commonsense) == 1  # the `also` part shares the dense fine-tune
     demo = expand(load_spec("demo"))
     assert {n.request.spec.task for n in demo} == {"commonsense/csqa", "arithmetic/mawps"}
     arithmetic = {n.id for n in expand(load_spec("laptop-arithmetic"))}
@@ -244,12 +250,12 @@ def test_ray_executor_on_a_local_instance(tiny_model_path, data_root, tmp_path):
     from smcbench.runner.grid import run_ray
 
     spec = load_spec(str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
-                                    methods=["omp_after", "lth", "random_before"], sparsities=[0.2, 0.36])))
+                                    methods=["omp_after", "lth"], sparsities=[0.2, 0.36])))
     nodes = expand(spec)
     status = run_ray(nodes)
     assert set(status.values()) == {"ran"}, status
     records = ResultStore(tmp_path / "out" / "results.db").records()
-    assert len(records) == len(nodes) == 7  # dense, 2 omp_after, 2 lth rounds, 2 random_before
+    assert len(records) == len(nodes) == 5  # dense, 2 omp_after after it, 2 lth rounds each after the one before
     assert set(run_ray(expand(spec)).values()) == {"done"}
 
 
