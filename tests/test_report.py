@@ -230,3 +230,27 @@ def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_pa
     assert "| arithmetic/svamp / m | 0.200 | 0.360 | 0.200 | yes |" in found
     assert ("| arithmetic / m | 5 | arithmetic/svamp (dense 0.400: 0.200), arithmetic/mawps (dense 0.900: 0.360) | "
             "yes |") in found  # finding 2
+
+
+def test_the_lazy_regime_finding_reads_stages_masks_and_the_dense_weight_change(tmp_path):
+    """Finding 4 per task: the dense fine-tune's median relative change, and the most similar During and After
+    masks at the highest level both ran (chosen by the methods' stages, never by their names)."""
+    from smcbench.sparsity.sparsifier import write_masks
+
+    store = ResultStore(tmp_path / "results.db")
+    store.append({**rec("dense", 0.0, 0.9), "weight_change": {"a": 0.01, "b": 0.02, "c": 0.5}})
+    keep = torch.ones(100, dtype=torch.bool)
+    keep[:50] = False
+    masks = {"gmp": keep, "omp_after": keep.clone(), "omp_before": keep.roll(10)}  # during, after, before
+    masks["omp_after"][[50, 51]] = False  # 48 of the 50 kept weights shared: Jaccard 48 / 50
+    masks["omp_after"][[0, 1]] = True
+    for method, mask in masks.items():
+        for s, acc in ((0.2, 0.9), (0.5, 0.5)):
+            folder = tmp_path / f"{method}-{s}"
+            folder.mkdir()
+            write_masks(folder / "masks.safetensors", {"l0.weight": mask.reshape(10, 10)})
+            store.append({**rec(method, s, acc), "dir": str(folder), "config": {"settings": {}}})
+    build(tmp_path / "results.db", tmp_path / "report", rule="paper")
+    md = (tmp_path / "report" / "report.md").read_text()
+    found = md.split("## The paper's findings at this scale: 4. the lazy regime")[1].split("\n## ")[0]
+    assert "| commonsense/csqa / m | 0.020 | gmp vs omp_after at 0.500 | 0.923 (random 0.333) | no |" in found

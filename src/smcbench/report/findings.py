@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 
 from smcbench.report.verdicts import GroupVerdicts, MethodVerdict
 
@@ -96,14 +97,55 @@ def difficulty(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]
             "earlier? |", "|---|---|---|---|", *rows]
 
 
-def sections(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Lazy:
+    """One task's lazy-regime figures: the dense fine-tune's median relative weight change, and the most similar
+    masks of a During and an After method (their Jaccard overlap at the highest level both ran, seed 0)."""
+
+    task: str
+    weight_change: float | None
+    level: float | None = None
+    during: str = ""
+    after: str = ""
+    overlap: float | None = None
+    random: float | None = None
+
+
+NEAR_IDENTICAL = 0.95  # Jaccard overlap above which two methods' masks count as the same mask
+
+
+def lazy(rows: list[Lazy]) -> list[str]:
+    """Finding 4: fine-tuning stays near the pretrained weights (small relative change), so pruning during training
+    and pruning after it keep nearly the same weights."""
+    lines = []
+    for r in rows:
+        if r.weight_change is None and r.overlap is None:
+            continue  # nothing to tell for this task
+        change = f"{r.weight_change:.3f}" if r.weight_change is not None else "not recorded"
+        if r.overlap is None:
+            lines.append(f"| {r.task} | {change} | - | - | no During and After masks at one level |")
+            continue
+        seen = "yes" if r.overlap >= NEAR_IDENTICAL else "no"
+        lines.append(f"| {r.task} | {change} | {r.during} vs {r.after} at {r.level:.3f} | {r.overlap:.3f} "
+                     f"(random {r.random:.3f}) | {seen} |")
+    if not lines:
+        return []
+    return [f"The signature: the dense fine-tune moves each tensor little, and a During method's mask is the After "
+            f"method's (Jaccard overlap ≥ {NEAR_IDENTICAL}).\n",
+            "| task | dense fine-tune: median relative weight change | most similar During and After masks | "
+            "overlap | near-identical? |", "|---|---|---|---|---|", *lines]
+
+
+def sections(groups: dict[tuple[str, str], GroupVerdicts], label,
+             lazy_rows: list[Lazy] = ()) -> list[tuple[str, str]]:
     """(title, text) of each finding the runs can tell, read from the verdicts (first failing levels; a method
-    that never fails ranks above its highest level). The lazy regime (finding 4) is in each task's mask overlap and
-    weight change sections."""
+    that never fails ranks above its highest level) and, for the lazy regime, from each task's masks and weight
+    change (`lazy_rows`; each task's own sections have the details)."""
     out = []
     for title, lines in (("1. every method fails at moderate sparsity", moderate(groups, label)),
                          ("2. harder tasks fail earlier", difficulty(groups, label)),
-                         ("3. After-training pruning fails later than before-training", stages(groups, label))):
+                         ("3. After-training pruning fails later than before-training", stages(groups, label)),
+                         ("4. the lazy regime", lazy(list(lazy_rows)))):
         if lines:
             out.append((title, "\n".join(lines)))
     return out

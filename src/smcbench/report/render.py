@@ -8,6 +8,7 @@ import itertools
 import re
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from smcbench.errors import SmcBenchError  # noqa: E402
 from smcbench.methods import is_sparse  # noqa: E402
+from smcbench.methods.base import stage_of  # noqa: E402
 from smcbench.metrics import Metric  # noqa: E402
 from smcbench.report import analysis, findings, significance, speed, summary, verdicts  # noqa: E402
 from smcbench.runner.single import MASKS  # noqa: E402
@@ -127,12 +129,15 @@ def build(results: Path, out: Path, levels: list[float] | None = None, rule: ver
     judged = judge_all(records, rule, resamples)
     measured = speed.load(results)
     variants = {r["run_id"]: r["variant"] for rows in groups.values() for r in analysis.with_variants(rows)}
-    _across_tasks(report, judged, speed.speedups(measured, variants) if measured else {})
+    overlaps = {key: _mask_overlaps(analysis.with_variants(rows)) for key, rows in groups.items()}
+    lazy = [_lazy(f"{task} / {Path(model).name}", analysis.with_variants(rows), overlaps[(task, model)])
+            for (task, model), rows in sorted(groups.items())]
+    _across_tasks(report, judged, speed.speedups(measured, variants) if measured else {}, lazy)
     if measured:
         report.sections += speed.sections(measured, variants, lambda key: f"{key[0]} / {Path(key[1]).name}",
                                           report.figure)
     for (task, model), rows in sorted(groups.items()):
-        _group(report, task, model, rows, levels, judged[(task, model)])
+        _group(report, task, model, rows, levels, judged[(task, model)], overlaps[(task, model)])
     _time_check(report, results.parent, records)
     report.sections.append(("Run metadata", summary.run_metadata(records)))
     (out / "report.md").write_text(report.markdown())
@@ -141,7 +146,8 @@ def build(results: Path, out: Path, levels: list[float] | None = None, rule: ver
 
 
 def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVerdicts],
-                  speedups: dict[tuple[str, str], dict[str, dict[float, float]]]) -> None:
+                  speedups: dict[tuple[str, str], dict[str, dict[float, float]]],
+                  lazy: list[findings.Lazy] = ()) -> None:
     """Every method's first failing level on every (task, model), dense and chance beside (and, where measured,
     the speedup the pruned model had there); a heatmap; and task difficulty against prunability."""
     summaries = [summary.summarise(f"{task} / {Path(model).name}", g, speedups.get((task, model), {}))
@@ -160,7 +166,7 @@ def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVe
     report.sections.append(("Across tasks: first failing sparsity", f"Each cell: {how}. \"-\" no level fails up to "
                             "the highest level run (each task's table says what its test set could resolve); "
                             "blank: not run.\n\n" + summary.summary_table(summaries)))
-    for title, text in findings.sections(judged, lambda key: f"{key[0]} / {Path(key[1]).name}"):
+    for title, text in findings.sections(judged, lambda key: f"{key[0]} / {Path(key[1]).name}", lazy):
         report.sections.append((f"The paper's findings at this scale: {title}", text))
     report.figure(summary.heatmap(summaries), "across-tasks-failing", "First failing sparsity, every task")
     fig = summary.difficulty_figure(summaries)
@@ -169,7 +175,7 @@ def _across_tasks(report: Report, judged: dict[tuple[str, str], verdicts.GroupVe
 
 
 def _group(report: Report, task: str, model: str, rows: list[dict], levels: list[float] | None,
-           judged: verdicts.GroupVerdicts) -> None:
+           judged: verdicts.GroupVerdicts, overlaps: list[Overlap]) -> None:
     label = f"{task} / {Path(model).name}"
     slug = f"{task.replace('/', '-')}-{Path(model).name}"
     metric = Metric.of(rows[-1])  # the newest record's declaration (older records fall back to accuracy)
@@ -184,7 +190,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
         _why(report, label, rows, judged)
     _reached(report, label, rows)
     _layerwise(report, label, slug, rows, levels)
-    _overlap(report, label, rows)
+    _overlap(report, label, overlaps)
     _weight_change(report, label, slug, [r for r in rows if not is_sparse(r["method"], r["target_sparsity"])])
 
 
@@ -478,22 +484,57 @@ def _layerwise(report: Report, label: str, slug: str, rows: list[dict], levels: 
     report.sections.append((f"Layer collapse: {label}", body))
 
 
-def _overlap(report: Report, label: str, rows: list[dict]) -> None:
-    """Pairwise Jaccard overlap of kept weights between methods at equal sparsity and seed."""
+@dataclass(frozen=True)
+class Overlap:
+    """Two method variants' masks at one level and seed: the Jaccard overlap of their kept weights."""
+
+    level: float
+    seed: int
+    a: str
+    b: str
+    overall: float
+    per_layer: dict[str, float]
+
+
+def _mask_overlaps(rows: list[dict]) -> list[Overlap]:
+    """Every pair of variants' masks at equal sparsity and seed (`with_variants` rows); each mask file read once."""
     by_key: dict[tuple[float, int], dict[str, dict]] = defaultdict(dict)
     for r in rows:
         path = Path(r.get("dir", "")) / MASKS
         if is_sparse(r["method"], r["target_sparsity"]) and path.is_file():
             by_key[(round(r["target_sparsity"], 3), r["seed"])][r["variant"]] = read_masks(path)
-    lines = []
+    out = []
     for (level, seed), masks in sorted(by_key.items()):
         for a, b in itertools.combinations(sorted(masks), 2):
             overall, per_layer = analysis.mask_overlap(masks[a], masks[b])
-            if not per_layer:  # variants that prune disjoint tensors (e.g. Table 1's module subsets)
-                continue
-            lo = min(per_layer, key=per_layer.get)
-            lines.append(f"| {level:.3f} | {seed} | {cell(a)} | {cell(b)} | {overall:.3f} | "
-                         f"{analysis.random_overlap(level):.3f} | {short(lo)} {per_layer[lo]:.3f} |")
+            if per_layer:  # (variants that prune disjoint tensors, e.g. Table 1's module subsets, have none)
+                out.append(Overlap(level, seed, a, b, overall, per_layer))
+    return out
+
+
+def _lazy(label: str, rows: list[dict], overlaps: list[Overlap]) -> findings.Lazy:
+    """The lazy regime's two figures for one task (findings.lazy): stages by variant, not by method name."""
+    references = analysis.reference_variants(rows)
+    dense = [r for r in rows if references and r["variant"] == references[0] and r.get("weight_change")]
+    change = statistics.median(dense[0]["weight_change"].values()) if dense else None
+    stage = {r["variant"]: stage_of(r["method"], (r.get("config") or {}).get("settings") or {}) for r in rows}
+    pairs = [o for o in overlaps if {stage.get(o.a), stage.get(o.b)} == {"during", "after"}]
+    if not pairs:
+        return findings.Lazy(label, change)
+    seed = min(o.seed for o in pairs)
+    level = max(o.level for o in pairs if o.seed == seed)
+    best = max((o for o in pairs if o.seed == seed and o.level == level), key=lambda o: o.overall)
+    during, after = (best.a, best.b) if stage[best.a] == "during" else (best.b, best.a)
+    return findings.Lazy(label, change, level, during, after, best.overall, analysis.random_overlap(level))
+
+
+def _overlap(report: Report, label: str, overlaps: list[Overlap]) -> None:
+    """Pairwise Jaccard overlap of kept weights between methods at equal sparsity and seed."""
+    lines = []
+    for o in overlaps:
+        lo = min(o.per_layer, key=o.per_layer.get)
+        lines.append(f"| {o.level:.3f} | {o.seed} | {cell(o.a)} | {cell(o.b)} | {o.overall:.3f} | "
+                     f"{analysis.random_overlap(o.level):.3f} | {short(lo)} {o.per_layer[lo]:.3f} |")
     if lines:
         head = ("Jaccard overlap of the kept weights; two independent random masks overlap (1 − s)/(1 + s). "
                 "Near-identical masks across magnitude methods are the lazy regime's signature.\n\n"
