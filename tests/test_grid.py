@@ -337,6 +337,12 @@ def test_a_grid_records_its_predictions_and_checks_them_when_it_ends(tiny_model_
     code, said, err = run_cli(monkeypatch, capsys, "grid", path)
     assert code == 0 and len((tmp_path / "out" / PREDICTIONS).read_text().splitlines()) == 3
     assert "time:" not in said
+    # A prediction that cannot be made (a corrupt cost cache) is said and never stops the grid.
+    (tmp_path / "cache" / "costs.json").write_text("{")
+    more = str(write_spec(tmp_path / "more.yaml", tiny_model_path, data_root, tmp_path / "out",
+                          methods=["dense", "random_before"], sparsities=[0.2]))  # a kind not yet run: a probe
+    code, said, err = run_cli(monkeypatch, capsys, "grid", more)
+    assert code == 0 and "(no time predictions recorded: " in err and "1 ran, 1 already done" in said
 
 
 def test_obert_declares_its_fisher_passes_to_the_dry_run():
