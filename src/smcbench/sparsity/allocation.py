@@ -5,9 +5,9 @@ of all selected tensors; uniform and ERK: one group per tensor). Within a group 
 k lowest scores, ties broken by tensor order then flat index (earlier first), weights already pruned first (they
 stay pruned). `k = round(s·N)` rounds half up.
 
-The global cut never concatenates or sorts all scores. Scores are computed chunk by chunk: a seeded sample
-brackets the k-th smallest score, one counting pass finds how many scores fall below the bracket and collects the
-few inside it (a compiled loop, sparsity/band.c, where a C compiler is present; torch operations otherwise), and
+The global cut never concatenates or sorts all scores. Scores are computed chunk by chunk: a seeded, stratified
+sample brackets the k-th smallest score, one counting pass finds how many scores fall below the bracket and collects
+the few inside it (a compiled loop, sparsity/band.c, where a C compiler is present; torch operations otherwise), and
 `kthvalue` on those gives the exact threshold; a second pass writes the masks. Extra memory is
 the bracket's contents (≈1 % of the weights at most) and chunk temporaries. A bisection over float32 values
 takes over when the bracket misses (a vanishingly rare sample) or when heavy ties fill it.
@@ -123,11 +123,16 @@ class _Group:
 
 
 def _bracket(group: _Group, k: int) -> tuple[float, float]:
-    """Sample scores and return [lo, hi] that contains the k-th smallest with overwhelming probability."""
+    """Sample scores and return [lo, hi] that contains the k-th smallest with overwhelming probability.
+
+    One score from each of m equal strata of the flat order: positions come out sorted (no sort of m indices), and
+    the count of sampled scores below any value has at most the variance of m uniform draws, so the bracket's
+    half-width (in sample-quantile standard deviations) holds as for a simple random sample."""
     n = group.numel
     m = min(SAMPLE, n)
     gen = torch.Generator().manual_seed(0x5EED)
-    positions = torch.randint(n, (m,), generator=gen).sort().values
+    starts = torch.arange(m + 1, dtype=torch.int64) * n // m
+    positions = starts[:-1] + (torch.rand(m, dtype=torch.float64, generator=gen) * starts.diff()).long()
     samples = []
     start = 0
     for slot, pruned in zip(group.slots, group.pruned, strict=True):
@@ -136,12 +141,12 @@ def _bracket(group: _Group, k: int) -> tuple[float, float]:
         if hi_i > lo_i:
             samples.append(_scores(group.score, slot, positions[lo_i:hi_i] - start, pruned > 0))
         start = stop
-    # NaN sorts last here; the counting pass that follows names the tensor that has it.
-    sample = torch.cat(samples).sort().values
+    # NaN ranks last here; the counting pass that follows names the tensor that has it.
+    sample = torch.cat(samples)
     q = k / n
     half = _BRACKET_Z * math.sqrt(max(q * (1 - q), 1.0 / m) / m)
-    lo = -math.inf if q - half <= 0 else float(sample[min(m - 1, int(math.floor((q - half) * m)))])
-    hi = math.inf if q + half >= 1 else float(sample[min(m - 1, int(math.ceil((q + half) * m)))])
+    lo = -math.inf if q - half <= 0 else float(sample.kthvalue(min(m, int(math.floor((q - half) * m)) + 1)).values)
+    hi = math.inf if q + half >= 1 else float(sample.kthvalue(min(m, int(math.ceil((q + half) * m)) + 1)).values)
     return lo, hi
 
 

@@ -6,6 +6,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #define BLOCK 16
 #define MAX_THREADS 64
@@ -17,6 +20,69 @@ static inline void load(const float *s, const uint8_t *kept, int absval, int64_t
         for (int64_t j = 0; j < m; j++) x[j] = kept[j] ? x[j] : -INFINITY;
 }
 
+#ifdef __AVX2__
+/* Left-packing 8 floats by a comparison mask: PACK[bits] lists the lanes whose bit is set, in order, so one permute
+ * and one store append a group's band values. */
+static int32_t PACK[256][8];
+
+__attribute__((constructor)) static void init_pack(void) {
+    for (int bits = 0; bits < 256; bits++) {
+        int k = 0;
+        for (int j = 0; j < 8; j++)
+            if (bits >> j & 1) PACK[bits][k++] = j;
+        while (k < 8) PACK[bits][k++] = 0;
+    }
+}
+
+/* Eight scores at a time: three comparisons, their bit masks counted with popcount, the band values left-packed
+ * (about 3x the compiler's vectorisation of the scalar loop below, measured on AVX2: the copy of the ~1 % band
+ * values was a branch per value in a block of 16). Same counts and the same band, in order. */
+static void band_range(const float *s, const uint8_t *kept, int absval, int64_t n, float lo, float hi, float *band,
+                       int64_t room, int64_t *out) {
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    int64_t below = 0, inside = 0, nan = 0, b = 0;
+    for (; b + 8 <= n; b += 8) {
+        __m256 v = _mm256_loadu_ps(s + b);
+        if (absval) v = _mm256_and_ps(v, magnitude);
+        if (kept) {
+            __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(kept + b)));
+            v = _mm256_blendv_ps(v, ninf, _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_setzero_si256())));
+        }
+        below += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(v, vlo, _CMP_LT_OQ)));
+        nan += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+        int in = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ)));
+        if (in) {
+            if (inside + 8 <= room) {
+                __m256i order = _mm256_loadu_si256((const __m256i *)PACK[in]);
+                _mm256_storeu_ps(band + inside, _mm256_permutevar8x32_ps(v, order));
+                inside += __builtin_popcount(in);
+            } else {  /* the room's last values: one at a time */
+                float x[8];
+                _mm256_storeu_ps(x, v);
+                for (int j = 0; j < 8; j++)
+                    if (in >> j & 1) {
+                        if (inside < room) band[inside] = x[j];
+                        inside++;
+                    }
+            }
+        }
+    }
+    for (; b < n; b++) {
+        float x = absval ? fabsf(s[b]) : s[b];
+        if (kept && !kept[b]) x = -INFINITY;
+        below += x < lo;
+        nan += x != x;
+        if ((x >= lo) & (x <= hi)) {
+            if (inside < room) band[inside] = x;
+            inside++;
+        }
+    }
+    out[0] = below;
+    out[1] = inside;
+    out[2] = nan;
+}
+#else
 /* Counts in blocks of 16 (a loop the compiler vectorises); the rare block holding band values (~1 % of scores
  * are) copies them in a second, scalar loop. No branch depends on the half of the scores below lo. */
 static void band_range(const float *s, const uint8_t *kept, int absval, int64_t n, float lo, float hi, float *band,
@@ -47,6 +113,7 @@ static void band_range(const float *s, const uint8_t *kept, int absval, int64_t 
     out[1] = inside;
     out[2] = nan;
 }
+#endif
 
 /* How many scores are below lo, how many lie in [lo, hi] (copied to the front of band, in order, when they fit in
  * `room`), how many are NaN. Each thread fills its share of the room; the shares are then moved together.
