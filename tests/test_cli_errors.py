@@ -60,6 +60,7 @@ CATALOGUE = [
     (["report", "--out", "nonexistent"], "--out 'nonexistent': no such folder"),
     (["report", "--levels", "2"], "--levels 2.0: must be in [0, 1)"),
     (["report", "--verdict", "vibes"], "--verdict 'vibes': choose paired or paper"),
+    (["report", "--out", "."], "--out '.': no results.db in it or its subfolders, and no finished run"),
     (["report", "--out", ".", "--csv", "nodir/x.csv"], "--csv 'nodir/x.csv': its folder does not exist"),
     # prune, layerwise
     (["prune"], "Missing option '--sparsity'"),

@@ -330,6 +330,7 @@ def test_a_grid_records_its_predictions_and_checks_them_when_it_ends(tiny_model_
     assert sum(r["took_s"] for r in rows) == pytest.approx(took, rel=1e-12)
     assert sum(r["predicted_s"] for r in rows) == pytest.approx(sum(x["predicted_s"] for x in lines), rel=1e-12)
     assert "time: the 3 runs that ran were predicted" in said
+    assert f"report: smc-bench report --out {tmp_path / 'out'}" in said  # the command that shows them
     build(tmp_path / "out" / "results.db", tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Time: predicted against taken" in md and "| commonsense/csqa | omp_after | 2 | probe |" in md

@@ -75,6 +75,32 @@ def test_the_export_carries_each_runs_verdict_interval_and_rule(runs, tmp_path):
     assert dense["verdict_rule"] == "" and dense["metric_name"] == "accuracy"  # the reference is not judged
 
 
+def test_a_folder_of_run_folders_gets_one_report_across_them(runs, tiny_model_path, data_root, tmp_path,
+                                                              monkeypatch, capsys):
+    import shutil
+
+    from helpers import run_cli
+
+    out, _ = runs
+    track = tmp_path / "track"
+    shutil.copytree(out, track / "a")
+    other = tmp_path / "tiny-b"  # another model: another (task, model) group, in its own part
+    shutil.copytree(tiny_model_path, other)
+    execute(csqa_request(str(other), data_root, track / "b", "omp_after", [0.5], keep_weights="needed"))
+    code, said, _ = run_cli(monkeypatch, capsys, "report", "--out", str(track), "--csv", str(tmp_path / "all.csv"))
+    assert code == 0 and "one report across 2 run folders: a, b" in said
+    md = (track / "report" / "report.md").read_text()
+    for model in (Path(tiny_model_path).name, "tiny-b"):
+        assert f"## Failing sparsity: commonsense/csqa / {model}" in md
+    across = md.split("## Across tasks")[1].split("\n## ")[0]
+    assert f"commonsense/csqa / {Path(tiny_model_path).name}" in across and "commonsense/csqa / tiny-b" in across
+    rows = list(csv.DictReader(open(tmp_path / "all.csv")))
+    assert len(rows) == len(ResultStore(track / "a" / "results.db").records()) + 2  # b: dense and one level
+    before = sorted(other.rglob("*"))
+    code, _, err = run_cli(monkeypatch, capsys, "report", "--out", str(other))  # a model folder: no runs
+    assert code != 0 and "no results.db in it or its subfolders" in err and sorted(other.rglob("*")) == before
+
+
 def test_one_method_against_another_pairs_their_answers_level_by_level(tiny_model_path, data_root, tmp_path,
                                                                        monkeypatch, capsys):
     from helpers import run_cli

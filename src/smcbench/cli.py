@@ -360,6 +360,11 @@ def grid(
         if node.id in failed:
             typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
     print_time_check({n.request.out for n in nodes}, started)
+    outs = sorted({n.request.out for n in nodes})
+    # Parts side by side (the laptop track's) make one report from their common folder.
+    where = outs if len({o.parent for o in outs}) > 1 else [outs[0] if len(outs) == 1 else outs[0].parent]
+    if outs:
+        typer.echo("report: " + "; ".join(f"smc-bench report --out {o}" for o in where))
     if failed:
         sys.exit(1)
 
@@ -439,7 +444,8 @@ def print_plan(name: str, nodes: list, policy: str, workers: int = 1, measure: b
 def versus(
     a: str = typer.Argument(..., help="Method A (or a variant's name as the report writes it), in dense's place."),
     b: str = typer.Argument(..., help="Method B: the difference is B − A."),
-    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db)."),
+    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db), or a folder of them (a "
+                             "track's parts: one report across them)."),
 ) -> None:
     """B against A at every level both ran: the paired test on their answers to the same test examples."""
     from smcbench.report.versus import versus as compare_methods
@@ -462,7 +468,8 @@ def versus(
 
 @app.command()
 def report(
-    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db)."),
+    out: Path = typer.Option(Path("runs"), help="The runs folder (holds results.db), or a folder of them (a "
+                             "track's parts: one report across them)."),
     report_dir: Path | None = typer.Option(None, "--to", help="Where to write the report (default: OUT/report)."),
     levels: str = typer.Option("", help="Sparsities for the layerwise figures (default: the middle level)."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also export the results as CSV here."),
@@ -471,10 +478,11 @@ def report(
                                 "the per-example outcomes, Holm-corrected across each method's levels) or paper "
                                 "(the paper's rule: mean below dense by the dense seeds' spread)."),
 ) -> None:
-    """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG."""
+    """Curves, failing sparsity, layerwise sparsity and lazy-regime diagnostics, as HTML + Markdown + PNG. A folder
+    of run folders (a track's parts: `--out runs/laptop`) gets one report across them."""
     from smcbench.report.render import build
     from smcbench.runner.migrate import migrate
-    from smcbench.runner.store import ResultStore
+    from smcbench.runner.store import ResultStore, export_csv, export_parquet
 
     chosen = parse_sparsities(levels, "--levels") if levels else None
     if verdict not in ("paired", "paper"):
@@ -484,23 +492,35 @@ def report(
     for option, path in (("--csv", csv_out), ("--parquet", parquet_out)):
         if path is not None and not path.parent.is_dir():
             fail(f"{option} {str(path)!r}: its folder does not exist")
-    migrate(out, typer.echo)
-    store = ResultStore(out / "results.db")
-    added = store.rescan(out)  # runs finished by older versions or lost rows: the folders are the truth
-    if added:
-        typer.echo(f"added {added} finished run(s) found in {out} to the database")
+    folders = [out] if (out / "results.db").is_file() else sorted(
+        p for p in out.iterdir() if p.is_dir() and (p / "results.db").is_file())
+    if not folders:
+        if next(out.rglob("result.json"), None) is None:  # before anything is written into a wrong folder
+            fail(f"--out {str(out)!r}: no results.db in it or its subfolders, and no finished run: give the folder "
+                 "a run or grid wrote, or a folder of them")
+        folders = [out]  # finished runs without their database: the rescan below rebuilds it
+    elif folders[0] != out:
+        typer.echo(f"one report across {len(folders)} run folders: {', '.join(p.name for p in folders)}")
+    stores = []
+    for folder in folders:
+        migrate(folder, typer.echo)
+        store = ResultStore(folder / "results.db")
+        added = store.rescan(folder)  # runs finished by older versions or lost rows: the folders are the truth
+        if added:
+            typer.echo(f"added {added} finished run(s) found in {folder} to the database")
+        stores.append(store)
     extra = None
     if csv_out is not None or parquet_out is not None:  # each run's row carries its verdict, interval and rule
         from smcbench.report.render import judge_all
         from smcbench.report.verdicts import export_columns
 
-        records = store.records()
+        records = [r for store in stores for r in store.records()]
         extra = export_columns(judge_all(records, verdict), records)
     if csv_out is not None:
-        typer.echo(f"{store.export_csv(csv_out, extra)} rows written to {csv_out}")
+        typer.echo(f"{export_csv(stores, csv_out, extra)} rows written to {csv_out}")
     if parquet_out is not None:
-        typer.echo(f"{store.export_parquet(parquet_out, extra)} rows written to {parquet_out}")
-    path = build(out / "results.db", report_dir or out / "report", chosen, verdict)
+        typer.echo(f"{export_parquet(stores, parquet_out, extra)} rows written to {parquet_out}")
+    path = build([f / "results.db" for f in folders], report_dir or out / "report", chosen, verdict)
     typer.echo(f"report: {path}")
 
 

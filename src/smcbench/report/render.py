@@ -8,6 +8,7 @@ import itertools
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,31 +115,35 @@ def judge_all(records: list[dict], rule: verdicts.Rule = "paired",
     return {key: verdicts.judge(analysis.with_variants(rows), rule, resamples) for key, rows in groups.items()}
 
 
-def build(results: Path, out: Path, levels: list[float] | None = None, rule: verdicts.Rule = "paired",
-          resamples: int | None = None) -> Path:
-    """Write report.html, report.md and PNG figures for every (task, model) in the results database; verdicts by
-    `rule` (paired: per-example outcomes; paper: the paper's rule)."""
-    records = ResultStore(results).records()
+def build(results: Path | Sequence[Path], out: Path, levels: list[float] | None = None,
+          rule: verdicts.Rule = "paired", resamples: int | None = None) -> Path:
+    """Write report.html, report.md and PNG figures for every (task, model) in the results database(s); verdicts by
+    `rule` (paired: per-example outcomes; paper: the paper's rule). Several databases (a track's parts, each in its
+    own folder) make one report: their runs are told apart by (task, model), so nothing is merged but the tables."""
+    databases = [results] if isinstance(results, Path) else list(results)
+    records = [r for db in databases for r in ResultStore(db).records()]
     if not records:
-        raise SmcBenchError(f"no finished runs in {str(results)!r}: run `smc-bench grid` or `smc-bench run` first")
+        where = " or ".join(repr(str(db)) for db in databases)
+        raise SmcBenchError(f"no finished runs in {where}: run `smc-bench grid` or `smc-bench run` first")
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["model"])].append(r)
     judged = judge_all(records, rule, resamples)
-    measured = speed.load(results)
+    # Each folder's inference measurements keep their own machine line, so they stay per folder.
+    measured = [m for m in (speed.load(db) for db in databases) if m]
     variants = {r["run_id"]: r["variant"] for rows in groups.values() for r in analysis.with_variants(rows)}
     overlaps = {key: _mask_overlaps(analysis.with_variants(rows)) for key, rows in groups.items()}
     lazy = [_lazy(f"{task} / {Path(model).name}", analysis.with_variants(rows), overlaps[(task, model)])
             for (task, model), rows in sorted(groups.items())]
-    _across_tasks(report, judged, speed.speedups(measured, variants) if measured else {}, lazy)
-    if measured:
-        report.sections += speed.sections(measured, variants, lambda key: f"{key[0]} / {Path(key[1]).name}",
-                                          report.figure)
+    speedups = {key: value for m in measured for key, value in speed.speedups(m, variants).items()}
+    _across_tasks(report, judged, speedups, lazy)
+    for m in measured:
+        report.sections += speed.sections(m, variants, lambda key: f"{key[0]} / {Path(key[1]).name}", report.figure)
     for (task, model), rows in sorted(groups.items()):
         _group(report, task, model, rows, levels, judged[(task, model)], overlaps[(task, model)])
-    _time_check(report, results.parent, records)
+    _time_check(report, [db.parent for db in databases], records)
     report.sections.append(("Run metadata", summary.run_metadata(records)))
     (out / "report.md").write_text(report.markdown())
     (out / "report.html").write_text(report.html())
@@ -238,11 +243,11 @@ def _method_notes(report: Report, label: str, rows: list[dict]) -> None:
         report.sections.append((f"How the methods ran: {label}", "\n".join(lines)))
 
 
-def _time_check(report: Report, folder: Path, records: list[dict]) -> None:
-    """The grid's time predictions (made before it ran, runner.timing) against what its runs took."""
+def _time_check(report: Report, folders: list[Path], records: list[dict]) -> None:
+    """The grids' time predictions (made before they ran, runner.timing) against what their runs took."""
     from smcbench.runner.timing import against_runs, human_time
 
-    rows = against_runs(folder, records)
+    rows = [row for folder in folders for row in against_runs(folder, records)]
     if not rows:
         return
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)

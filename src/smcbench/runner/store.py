@@ -119,24 +119,47 @@ class ResultStore:
 
     def export_csv(self, path: str | os.PathLike, extra: dict[str, dict[str, Any]] | None = None) -> int:
         """One line per run with the flat columns (and `extra`'s); returns the number of rows."""
-        names, rows = self._flat_rows(extra)
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(names)
-            writer.writerows(rows)
-        return len(rows)
+        return export_csv([self], path, extra)
 
     def export_parquet(self, path: str | os.PathLike, extra: dict[str, dict[str, Any]] | None = None) -> int:
         """The flat columns plus the whole record (JSON text) as Parquet, in insertion order; needs pyarrow."""
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as err:
-            raise SmcBenchError("Parquet export needs pyarrow: pip install 'smc-bench[parquet]'") from err
-        names, rows = self._flat_rows(extra)
+        return export_parquet([self], path, extra)
+
+    def _records_text(self) -> list[str]:
         with closing(self._connect()) as conn:
-            records = [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY rowid")]
-        columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}
-        columns["record"] = records
-        pq.write_table(pa.table(columns), path)
-        return len(rows)
+            return [r[0] for r in conn.execute("SELECT record FROM runs ORDER BY rowid")]
+
+
+def _flat(stores: list[ResultStore], extra: dict[str, dict[str, Any]] | None) -> tuple[list[str], list[tuple]]:
+    names: list[str] = []
+    rows: list[tuple] = []
+    for store in stores:
+        names, some = store._flat_rows(extra)  # the same columns in every store: `extra` is keyed by run id
+        rows += some
+    return names, rows
+
+
+def export_csv(stores: list[ResultStore], path: str | os.PathLike,
+               extra: dict[str, dict[str, Any]] | None = None) -> int:
+    """One line per run of every store, with the flat columns (and `extra`'s); returns the number of rows."""
+    names, rows = _flat(stores, extra)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        writer.writerows(rows)
+    return len(rows)
+
+
+def export_parquet(stores: list[ResultStore], path: str | os.PathLike,
+                   extra: dict[str, dict[str, Any]] | None = None) -> int:
+    """The flat columns plus the whole record (JSON text) of every store's runs as Parquet; needs pyarrow."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise SmcBenchError("Parquet export needs pyarrow: pip install 'smc-bench[parquet]'") from err
+    names, rows = _flat(stores, extra)
+    columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}
+    columns["record"] = [text for store in stores for text in store._records_text()]
+    pq.write_table(pa.table(columns), path)
+    return len(rows)
