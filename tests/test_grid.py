@@ -295,7 +295,10 @@ def test_the_dry_run_predicts_time_from_a_probe_then_from_finished_runs_of_the_s
     first = predict(nodes, said.append)
     assert {e.source for e in first.values()} == {"probe"} and all(e.seconds > 0 for e in first.values())
     assert sum("measuring commonsense/csqa" in s for s in said) == 1  # one task configuration, probed once
-    assert len(json.loads(probes_file().read_text())) == 1
+    [probe] = json.loads(probes_file().read_text()).values()
+    # The forward pass's shape for calibration: per BERT layer Q/K/V (one input), the attention output, the
+    # intermediate and the output Linear, then the pooler and the classifier; each called once.
+    assert probe["forward_s"] > 0 and (probe["linear_groups"], probe["linear_once"]) == (4 * 2 + 2, True)
     run_local(nodes)
     assert all(e.seconds == 0 for e in predict(nodes, said.append).values())  # done
     # Another seed: the same kinds of run, timed by the finished ones (their recorded wall time, per level).
@@ -346,6 +349,20 @@ def test_a_grid_records_its_predictions_and_checks_them_when_it_ends(tiny_model_
                           methods=["dense", "random_before"], sparsities=[0.2]))  # a kind not yet run: a probe
     code, said, err = run_cli(monkeypatch, capsys, "grid", more)
     assert code == 0 and "(no time predictions recorded: " in err and "1 ran, 1 already done" in said
+
+
+def test_layerwise_calibration_declares_its_forward_passes_to_the_dry_run():
+    """Regression: the dry run predicted 15 s for SparseGPT and Wanda runs on GTS that took 85-180 s: sequential
+    calibration runs the model over its 16 batches once per group of Linear layers, the whole tree decoder each
+    time, and the probe saw none of it."""
+    from smcbench.methods import ForwardShape, get_method
+
+    sparsegpt, wanda, gmp = get_method("sparsegpt"), get_method("wanda"), get_method("gmp")
+    decoder, encoder = ForwardShape(10, linear_once=False), ForwardShape(10, linear_once=True)
+    assert sparsegpt.extra_forwards(sparsegpt.settings(), decoder) == 1 + 16 + 16 * 10
+    assert wanda.extra_forwards(wanda.settings(), encoder) == 1 + 16 + 16 * 10 / 2  # each group stops at itself
+    assert wanda.extra_forwards(wanda.settings(sequential=False, calibration_batches=4), decoder) == 1 + 4
+    assert gmp.extra_forwards(gmp.settings(), decoder) == 0
 
 
 def test_obert_declares_its_fisher_passes_to_the_dry_run():

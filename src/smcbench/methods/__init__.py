@@ -9,6 +9,7 @@ from smcbench.methods.base import (
     METHODS,
     PLUGIN_CLASH,
     Experiment,
+    ForwardShape,
     Method,
     NoSettings,
     Outcome,
@@ -28,6 +29,6 @@ try:
 except SmcBenchError as err:  # a clash: said by the CLI as one line, raised by get_method for library use
     PLUGIN_CLASH.append(str(err))
 
-__all__ = ["DENSE", "METHODS", "PLUGIN_CLASH", "Experiment", "GradualPruning", "MaskEnforcer", "Method",
+__all__ = ["DENSE", "METHODS", "PLUGIN_CLASH", "Experiment", "ForwardShape", "GradualPruning", "MaskEnforcer", "Method",
            "NoSettings", "Outcome", "RigLUpdates", "SelectionSettings", "SparseSettings", "get_method", "is_reference",
            "is_sparse", "load_plugins", "method_settings", "register_method"]

@@ -97,6 +97,16 @@ class Experiment(Protocol):
         chain resume)."""
 
 
+@dataclass(frozen=True)
+class ForwardShape:
+    """What the dry run knows of a model's forward pass (runner.timing's probe, for `Method.extra_forwards`): how
+    many input groups its Linear layers form (layers reading one tensor, in execution order) and whether each of
+    them is called once per pass (a recurrent decoder's are not)."""
+
+    linear_groups: int
+    linear_once: bool
+
+
 class Method(ABC):
     """A sparse training or pruning method. Subclass, set the class attributes, write `run`, register."""
 
@@ -144,6 +154,11 @@ class Method(ABC):
     def extra_updates(self, settings: Settings, updates: int, batch_size: int) -> float:
         """Work beyond its trainings, in plain dense updates of `batch_size` (the dry run's time estimate), for a
         method whose extra passes are large: oBERT's Fisher. `updates`: the updates of one training."""
+        return 0.0
+
+    def extra_forwards(self, settings: Settings, shape: ForwardShape) -> float:
+        """Work beyond its trainings in no-grad forward passes of a training batch (the dry run's time estimate),
+        for a method that runs the model many times without training it: layer-wise calibration."""
         return 0.0
 
     def levels(self, requested: list[float], settings: Settings | None = None) -> list[float]:

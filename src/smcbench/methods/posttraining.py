@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from smcbench.methods.base import Experiment, register_method
+from smcbench.methods.base import Experiment, ForwardShape, register_method
 from smcbench.methods.paper import OneShotAfter, OneShotSettings
 from smcbench.settings import Settings
 from smcbench.sparsity import Sparsifier
@@ -58,6 +58,15 @@ class LayerwiseAfter(OneShotAfter):
     transformer."""
 
     statistics = SquaredNorms
+
+    def extra_forwards(self, settings: CalibrationSettings, shape: ForwardShape) -> float:
+        # sparsity.calibration.prune_layerwise: one pass to group the layers, then sequentially one pass over the
+        # calibration batches to find the layers called once, and one per group; a group of layers called once
+        # stops at its last layer, half a pass on average. Not sequential: one pass for every layer at once.
+        batches = settings.calibration_batches
+        if not settings.sequential:
+            return 1 + batches
+        return 1 + batches + batches * shape.linear_groups * (0.5 if shape.linear_once else 1.0)
 
     @abstractmethod
     def prune_layer(self, exp: Experiment, sparsity: float, name: str, weight: nn.Parameter, mask, stats) -> None:

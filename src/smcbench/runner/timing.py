@@ -6,12 +6,15 @@ costs, best source first:
    method settings (any level). This is what
    this machine took for exactly this kind of run.
 2. a probe of the task configuration on this machine, cached per machine in $SMCBENCH_CACHE/costs.json: a few real
-   updates of the task's model through the training loop (seconds per update), one validation and one full
-   evaluation, timed. A run then takes `trainings × (updates × seconds per update × step cost + validations ×
-   validation seconds) + evaluation seconds`, with the method's `trainings` and `step_cost` (methods.base).
+   updates of the task's model through the training loop (seconds per update), one validation, one full
+   evaluation and one no-grad forward pass of a training batch, timed, and the shape of that pass (how many input
+   groups its Linear layers form, whether each is called once). A run then takes `trainings × (updates × seconds
+   per update × step cost + validations × validation seconds) + evaluation seconds`, with the method's
+   `trainings` and `step_cost` (methods.base).
 
-A method with large extra passes declares them in updates (`Method.extra_updates`: oBERT's gradients and Fisher).
-What a probe does not see: small extra passes (SNIP's gradients, SparseGPT's calibration) and an untrained model
+A method with large extra passes declares them: in updates (`Method.extra_updates`: oBERT's gradients and
+Fisher) or in forward passes (`Method.extra_forwards`: SparseGPT's and Wanda's layer-wise calibration). What a
+probe does not see: small extra passes (SNIP's gradients, SparseGPT's per-layer solve) and an untrained model
 generating longer than a trained one (translation); the finished runs correct both as they come in.
 
 The check: before a grid runs, each node's prediction is appended to OUT/predictions.jsonl (`save_predictions`);
@@ -33,14 +36,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from smcbench.cache import cache_dir
 from smcbench.errors import SmcBenchError
-from smcbench.methods import get_method
+from smcbench.methods import ForwardShape, get_method
 from smcbench.pretraining import no_pretraining
 from smcbench.runner.grid import Node
 from smcbench.runner.identity import config_id
 from smcbench.runner.store import ResultStore
+from smcbench.sparsity.calibration import called_once, input_groups, linear_layers
 from smcbench.tasks import TaskSpec, get_task
 from smcbench.training import Callback, LoopState, TrainConfig, train
 
@@ -54,6 +59,11 @@ class Probe:
     validate_s: float  # one validation pass
     evaluate_s: float  # one full evaluation (with the per-example outcomes)
     train_examples: int  # the training pool the schedule's updates are counted from
+    # One no-grad forward pass (the loss) of a training batch, and the shape of that pass (Method.extra_forwards).
+    # None in probes cached by older versions, which are measured again.
+    forward_s: float | None = None
+    linear_groups: int = 0
+    linear_once: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,30 @@ def measure(spec: TaskSpec, cfg: TrainConfig) -> Probe:
     update_s = (clock.marks[WARMUP_UPDATES + PROBE_UPDATES] - clock.marks[WARMUP_UPDATES]) / PROBE_UPDATES
     start = time.perf_counter()
     task.evaluate_outcomes(model.eval())
-    return Probe(update_s, clock.validation, time.perf_counter() - start, len(examples))
+    evaluate_s = time.perf_counter() - start
+    forward_s, shape = _forward(task, model, cfg.batch_size)
+    return Probe(update_s, clock.validation, evaluate_s, len(examples), forward_s, shape.linear_groups,
+                 shape.linear_once)
+
+
+def _forward(task, model: nn.Module, batch_size: int) -> tuple[float, ForwardShape]:
+    """Seconds of one no-grad forward pass (the loss, as calibration runs it) over a training batch, after one
+    untimed; the input groups of the model's Linear layers and whether each is called once per pass."""
+    batch = next(iter(task.score_batches(batch_size)))
+    params = {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
+              if isinstance(m, nn.Linear)}
+    layers = linear_layers(model, params)
+
+    def forward(b):
+        return task.loss(model, b)
+
+    groups = input_groups(layers, forward, batch)  # (also the untimed first pass)
+    once = called_once(layers, forward, [batch])
+    with torch.no_grad():
+        start = time.perf_counter()
+        forward(batch)
+        seconds = time.perf_counter() - start
+    return seconds, ForwardShape(len(groups), all(n in once for g in groups for n in g))
 
 
 def probes_file() -> Path:
@@ -112,8 +145,8 @@ def cached_probe(spec: TaskSpec, cfg: TrainConfig, say=print, measure_missing: b
     path = probes_file()
     cache = json.loads(path.read_text()) if path.is_file() else {}
     key = _probe_key(spec, cfg)
-    if key not in cache:
-        if not measure_missing:
+    if key not in cache or (measure_missing and cache[key].get("forward_s") is None):
+        if key not in cache and not measure_missing:
             return None
         say(f"measuring {spec.task} ({spec.model}, batch {cfg.batch_size}) on this machine: once, cached in {path}")
         cache[key] = asdict(measure(spec, cfg))
@@ -153,6 +186,8 @@ def _from_probe(node: Node, probe: Probe) -> float:
     trainings = method.trainings(r.settings)
     one = trainings * (updates * probe.update_s * method.step_cost + validations * probe.validate_s)
     one += method.extra_updates(r.settings, updates, cfg.batch_size) * probe.update_s
+    if probe.forward_s is not None:
+        one += method.extra_forwards(r.settings, ForwardShape(probe.linear_groups, probe.linear_once)) * probe.forward_s
     if not trainings:
         one += probe.validate_s  # the model used as it is is still validated once
     return (one + probe.evaluate_s) * len(node.configs())
