@@ -232,6 +232,24 @@ def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_pa
             "yes |") in found  # finding 2
 
 
+def test_harder_tasks_cannot_be_ordered_when_the_median_method_fails_in_neither(tmp_path):
+    """Regression: the laptop track's SVAMP and MAWPS both had a median method that never failed up to 0.488; the
+    finding printed "0.489" (its rank for "never") for both and answered "no"."""
+    store = ResultStore(tmp_path / "results.db")
+    curves = {"arithmetic/mawps": (0.8, {"omp_before": (0.6, 0.5), "omp_after": (0.8, 0.8), "sparsegpt": (0.8, 0.8)}),
+              "arithmetic/svamp": (0.4, {"omp_before": (0.4, 0.3), "omp_after": (0.4, 0.4), "sparsegpt": (0.4, 0.4)})}
+    for task, (dense, methods) in curves.items():
+        store.append({**rec("dense", 0.0, dense), "task": task, "run_id": f"{task}-dense"})
+        for method, values in methods.items():
+            for s, v in zip((0.2, 0.488), values, strict=True):
+                store.append({**rec(method, s, v), "task": task, "run_id": f"{task}-{method}-{s}"})
+    build(tmp_path / "results.db", tmp_path / "report", rule="paper")
+    md = (tmp_path / "report" / "report.md").read_text()
+    found = md.split("## The paper's findings at this scale: 2. harder tasks fail earlier")[1].split("\n## ")[0]
+    assert ("| arithmetic / m | 3 | arithmetic/svamp (dense 0.400: > 0.488), arithmetic/mawps (dense 0.800: > 0.488) "
+            "| cannot tell: the median method fails in none up to the highest level run |") in found
+
+
 def test_the_lazy_regime_finding_reads_stages_masks_and_the_dense_weight_change(tmp_path):
     """Finding 4 per task: the dense fine-tune's median relative change, and the most similar During and After
     masks at the highest level both ran (chosen by the methods' stages, never by their names)."""

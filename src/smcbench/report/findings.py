@@ -86,10 +86,20 @@ def difficulty(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]
             return (g.dense - g.metric.chance) / (1.0 - g.metric.chance)
 
         ordered = sorted(tasks, key=lambda t: above_chance(t[1]))  # hardest first
-        medians = [statistics.median(_rank(g.methods[m]) for m in shared) for _, g in ordered]
-        seen = ("yes" if all(a < b for a, b in zip(medians, medians[1:], strict=False)) else
-                "no" if all(a >= b for a, b in zip(medians, medians[1:], strict=False)) else "partly")
-        order = ", ".join(f"{t} (dense {g.dense:.3f}: {m:.3f})" for (t, g), m in zip(ordered, medians, strict=True))
+        ranks = [[_rank(g.methods[m]) for m in shared] for _, g in ordered]
+        highest = [max(g.methods[m].highest for m in shared) for _, g in ordered]
+        medians = [statistics.median(r) for r in ranks]
+        pairs = list(zip(medians, medians[1:], strict=False))
+        if all(a < b for a, b in pairs):
+            seen = "yes"
+        elif all(a == b for a, b in pairs):
+            # Equal medians above every level run: the median method failed in no task, so the runs cannot order them.
+            seen = ("cannot tell: the median method fails in none up to the highest level run"
+                    if all(m > h for m, h in zip(medians, highest, strict=True)) else "no: the same level")
+        else:
+            seen = "no" if all(a >= b for a, b in pairs) else "partly"
+        order = ", ".join(f"{t} (dense {g.dense:.3f}: {_text(r, h)})"
+                          for (t, g), r, h in zip(ordered, ranks, highest, strict=True))
         rows.append(f"| {family} / {model} | {len(shared)} | {order} | {seen} |")
     if not rows:
         return []

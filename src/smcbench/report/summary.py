@@ -116,8 +116,10 @@ def difficulty_figure(summaries: list[TaskSummary]):
             x = s.dense - (s.metric.chance or 0.0)
             levels = [lvl if lvl is not None else s.highest[m] for m, lvl in s.failing.items()]
             y = statistics.median(levels)
-            ax.scatter([x], [y])
-            ax.annotate(s.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter([x], [y], label=s.label)
+        # A legend, not labels beside the points: tasks of similar difficulty sit on one another (the laptop
+        # track's CSQA and SVAMP did).
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
         chance = " above chance" if any(s.metric.chance is not None for s in usable if s.metric.name == name) else ""
         ax.set_xlabel(f"dense {name}{chance} (higher: easier)")
         ax.set_ylabel("median first failing sparsity over methods")
