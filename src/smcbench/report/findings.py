@@ -52,7 +52,8 @@ def stages(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
             continue
         highest = max(v.highest for v in (*before, *after))
         b, a = statistics.median(map(_rank, before)), statistics.median(map(_rank, after))
-        seen = "yes" if a > b else "no: Before fails later" if a < b else "no: the same level"
+        seen = ("yes" if a > b else "no: Before fails later" if a < b else
+                "cannot tell: neither fails up to the highest level run" if a > highest else "no: the same level")
         cells = [_text([_rank(v) for v in before], highest), _text([_rank(v) for v in after], highest)]
         during = by_stage.get("during", [])
         cells.append(_text([_rank(v) for v in during], highest) if during else "-")
