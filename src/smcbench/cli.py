@@ -361,9 +361,9 @@ def grid(
             typer.echo(f"  {node.label}: {failed[node.id]}", err=True)
     print_time_check({n.request.out for n in nodes}, started)
     outs = sorted({n.request.out for n in nodes})
-    # Parts side by side (the laptop track's) make one report from their common folder.
-    where = outs if len({o.parent for o in outs}) > 1 else [outs[0] if len(outs) == 1 else outs[0].parent]
-    if outs:
+    if outs:  # parts side by side (the laptop track's) make one report from their common folder
+        parents = {o.parent for o in outs}
+        where = outs[:1] if len(outs) == 1 else [parents.pop()] if len(parents) == 1 else outs
         typer.echo("report: " + "; ".join(f"smc-bench report --out {o}" for o in where))
     if failed:
         sys.exit(1)

@@ -145,8 +145,9 @@ def cached_probe(spec: TaskSpec, cfg: TrainConfig, say=print, measure_missing: b
     path = probes_file()
     cache = json.loads(path.read_text()) if path.is_file() else {}
     key = _probe_key(spec, cfg)
-    if key not in cache or (measure_missing and cache[key].get("forward_s") is None):
-        if key not in cache and not measure_missing:
+    stale = key in cache and cache[key].get("forward_s") is None  # cached by an older version
+    if key not in cache or (stale and measure_missing):
+        if not measure_missing:
             return None
         say(f"measuring {spec.task} ({spec.model}, batch {cfg.batch_size}) on this machine: once, cached in {path}")
         cache[key] = asdict(measure(spec, cfg))
