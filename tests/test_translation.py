@@ -235,7 +235,7 @@ def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root,
         (path / f"{TATOEBA}.{iso}").write_text("\n".join(synthetic_translation(lang, e) for e in english) + "\n")
         (path / f"{TATOEBA}.eng").write_text("\n".join(english) + "\n")
     spec = TaskSpec("translation/2-2", mbart_path, str(data_root), train_size=8, val_size=4, eval_size=2,
-                    max_length=12, options={"beam": 1, "test": "tatoeba", "flores_size": 1})
+                    max_length=12, options={"beam": 1, "test": "tatoeba", "beside_size": 1})
     [r] = execute(RunRequest(spec, "dense", [], TrainConfig(lr=1e-3, batch_size=8, max_steps=1), {}, tmp_path,
                              progress=False))
     m = r["metrics"]
@@ -247,6 +247,54 @@ def test_with_the_tatoeba_test_bleu_is_in_domain_and_flores_is_beside(data_root,
     assert r["data"]["tatoeba"] == {"fr": {"pairs": 4, "removed": 1, "kept": 3},
                                     "cs": {"pairs": 4, "removed": 1, "kept": 3}}
     assert r["metric"]["secondary"] == ["chrf", "bleu_flores"]
+
+
+def test_the_held_out_dev_test_skips_the_validation_lines_and_every_line_seen_in_training(tmp_path):
+    from smcbench.tasks.translation.data import held_out_test, line_keys, seen_lines
+
+    root = make_translation_data(tmp_path)
+    train, _ = parallel(root, "fr")
+    _, cs_dev = parallel(root, "cs")
+    pairs = [("etov1", "validation one"),  # a validation line
+             ("neuf1", "new one"),  # new
+             (train[3].xx, "Something new."),  # French side seen in training
+             ("neuf2", " VALIDATION  one"),  # English side of a validation line (case and spacing aside)
+             ("neuf1", "new one"),  # the same pair again
+             ("neuf3", cs_dev[4].en),  # another language's dev line: not seen by this run, kept
+             ("neuf4", "new four")]  # new
+    folder = root / "translation" / "train" / "fr-en"
+    (folder / "dev.fr").write_text("\n".join(p[0] for p in pairs) + "\n")
+    (folder / "dev.en").write_text("\n".join(p[1] for p in pairs) + "\n")
+    seen = seen_lines(root, ("fr", "cs"), with_dev=False) | line_keys(parallel(root, "fr")[1][:1])
+    test = held_out_test(root, "fr", 1, seen)
+    assert (test.total, test.removed) == (6, 3)
+    assert [(p.xx, p.en) for p in test.pairs] == [pairs[1], pairs[5], pairs[6]]
+
+
+def test_with_the_dev_test_tatoeba_and_flores_are_scored_beside(mbart_path, tmp_path):
+    from smcbench.tasks.translation.data import TATOEBA
+
+    root = make_translation_data(tmp_path / "data")  # the fixture's data, with a Tatoeba test for fr only
+    path = root / "translation" / "tatoeba" / "eng-fra"
+    path.mkdir(parents=True)
+    english = ["the red house", "a small blue bird", "green trees grow"]
+    (path / f"{TATOEBA}.fra").write_text("\n".join(synthetic_translation("fr", e) for e in english) + "\n")
+    (path / f"{TATOEBA}.eng").write_text("\n".join(english) + "\n")
+    spec = TaskSpec("translation/2-2", mbart_path, str(root), train_size=8, val_size=8, eval_size=3,
+                    max_length=12, options={"beam": 1, "test": "dev", "beside_size": 2})
+    [r] = execute(RunRequest(spec, "dense", [], TrainConfig(lr=1e-3, batch_size=8, max_steps=1), {},
+                             tmp_path / "out", progress=False))
+    m, data = r["metrics"], r["data"]
+    assert m["eval_examples"] == 12  # 3 dev pairs (of 6 past the 2 validation lines) per trained direction
+    assert m["bleu"] == pytest.approx(sum(m[f"bleu_{d}"] for d in ("cs-en", "en-cs", "en-fr", "fr-en")) / 4)
+    assert sorted(k for k in m if k.startswith("bleu_tatoeba_") and "-" in k) == [
+        "bleu_tatoeba_en-fr", "bleu_tatoeba_fr-en"]  # cs has no Tatoeba test here
+    assert len([k for k in m if k.startswith("bleu_flores_") and k.count("-") == 1]) == 20
+    assert r["metric"]["secondary"] == ["chrf", "bleu_tatoeba", "bleu_flores"]
+    assert {lang: d["pairs"] - d["kept"] for lang, d in data["dev"].items()} == {
+        lang: d["removed"] for lang, d in data["dev"].items()}
+    assert [d["pairs"] for d in data["dev"].values()] == [6, 6] and data["tatoeba"]["fr"]["pairs"] == 3
+    assert data["evaluation"].startswith("the trained languages' dev files past the validation lines;")
 
 
 def test_a_dry_run_does_not_pretrain_mbart_tiny_to_probe_its_time(data_root, tmp_path, monkeypatch):

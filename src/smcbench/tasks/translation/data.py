@@ -103,18 +103,12 @@ def _key(line: str) -> str:
 @dataclass(frozen=True)
 class InDomainTest:
     pairs: list[Pair]
-    total: int  # pairs in the Tatoeba file
-    removed: int  # pairs dropped: a side seen in training or dev text, or the same pair again
+    total: int  # pairs in the source (a Tatoeba file, a dev file past the validation lines)
+    removed: int  # pairs dropped: a side seen in training or validation text, or the same pair again
 
 
-def tatoeba_test(root: Path, lang: str, seen: set[str]) -> InDomainTest:
-    """The Tatoeba test pairs of `lang` with English, deduplicated: a pair goes when either side (compared by
-    `_key`) is in `seen` (every training and dev line the model is fine-tuned or selected on) or repeats an
-    earlier test pair. Tatoeba's Chinese is the source of the Chinese training text, and Russian trains on its
-    Tatoeba file, so without this the "test" would hold training sentences."""
-    folder = root / "translation" / "tatoeba" / tatoeba_dir(lang)
-    iso = ALL[lang].flores.split("_")[0]
-    pairs = read_aligned(folder / f"{TATOEBA}.{iso}", folder / f"{TATOEBA}.eng")
+def deduplicated(pairs: list[Pair], seen: set[str]) -> InDomainTest:
+    """`pairs` without those with a side (compared by `_key`) in `seen` or repeating an earlier pair."""
     kept, keys = [], set()
     for p in pairs:
         key = (_key(p.xx), _key(p.en))
@@ -125,13 +119,35 @@ def tatoeba_test(root: Path, lang: str, seen: set[str]) -> InDomainTest:
     return InDomainTest(kept, len(pairs), len(pairs) - len(kept))
 
 
-def seen_lines(root: Path, langs: tuple[str, ...]) -> set[str]:
-    """The `_key` of every training and dev line of `langs` (both sides): what an in-domain test must not hold."""
+def tatoeba_test(root: Path, lang: str, seen: set[str]) -> InDomainTest:
+    """The Tatoeba test pairs of `lang` with English, deduplicated against `seen` (every training and dev line
+    the model is fine-tuned or selected on). Tatoeba's Chinese is the source of the Chinese training text, and
+    Russian trains on its Tatoeba file, so without this the "test" would hold training sentences."""
+    folder = root / "translation" / "tatoeba" / tatoeba_dir(lang)
+    iso = ALL[lang].flores.split("_")[0]
+    return deduplicated(read_aligned(folder / f"{TATOEBA}.{iso}", folder / f"{TATOEBA}.eng"), seen)
+
+
+def held_out_test(root: Path, lang: str, validation: int, seen: set[str]) -> InDomainTest:
+    """The dev pairs of `lang` past its first `validation` (which select the model), deduplicated against `seen`
+    (every training line and every validation line): the test drawn from the training text's own distribution
+    (Multi30k's captions for fr, cs and de, which Tatoeba's conversational sentences are not)."""
+    return deduplicated(parallel(root, lang)[1][validation:], seen)
+
+
+def seen_lines(root: Path, langs: tuple[str, ...], with_dev: bool = True) -> set[str]:
+    """The `_key` of every training line of `langs` (both sides), and of every dev line unless `with_dev` is false:
+    what a test must not hold."""
     out: set[str] = set()
     for lang in langs:
         train, dev = parallel(root, lang)
-        out.update(_key(side) for p in (*train, *dev) for side in (p.xx, p.en))
+        out |= line_keys([*train, *dev] if with_dev else train)
     return out
+
+
+def line_keys(pairs: list[Pair]) -> set[str]:
+    """The `_key` of both sides of `pairs`."""
+    return {_key(side) for p in pairs for side in (p.xx, p.en)}
 
 
 def monolingual(root: Path, langs: tuple[str, ...]) -> dict[str, list[str]]:

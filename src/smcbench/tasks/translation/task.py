@@ -6,8 +6,9 @@ each target language with its tokenizer: languages.py); chrF++ beside it; every 
 `--model`: `mbart-tiny` (default, pretrained here by denoising: pretrain.py), `facebook/mbart-large-cc25` (the
 paper's), any mBART hub id or folder. Data fields: `train_size` caps the sentence pairs per language (each gives
 both directions), `val_size` is the number of validation sentences in all, spread over the training directions and
-taken from the training sets' dev files (never FLORES-200), `eval_size` caps the FLORES-200 sentences per direction,
-`max_length` the tokens per sentence (source and target, and the generation limit).
+taken from the training sets' dev files (never FLORES-200), `eval_size` caps the test's sentences per direction
+(FLORES-200's, or with `--option test=tatoeba|dev` those of the trained directions' test), `max_length` the tokens
+per sentence (source and target, and the generation limit).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from smcbench.tasks.translation.data import (
     Pair,
     flores_pairs,
     has_tatoeba,
+    held_out_test,
+    line_keys,
     parallel,
     seen_lines,
     tatoeba_test,
@@ -47,12 +50,13 @@ from smcbench.training import batched_outputs, generation
 
 class TranslationOptions(Settings):
     beam: int = Field(4, ge=1, description="Beam size of generation (validation and evaluation).")
-    test: Literal["flores", "tatoeba"] = Field(
-        "flores", description="The test the verdicts use: flores (FLORES-200 devtest, 20 directions, the paper's) "
-        "or tatoeba (Tatoeba test of the trained directions, deduplicated against every training and dev line, "
-        "with FLORES-200 scored beside it as bleu_flores): a test a small model can score.")
-    flores_size: int | None = Field(None, ge=1, description="With test=tatoeba: FLORES-200 sentences per direction "
-                                    "scored beside it (default: the eval size).")
+    test: Literal["flores", "tatoeba", "dev"] = Field(
+        "flores", description="The test the verdicts use: flores (FLORES-200 devtest, 20 directions, the paper's); "
+        "tatoeba (the Tatoeba test of the trained directions); dev (each trained language's dev file past its "
+        "validation lines: the training text's own distribution). tatoeba and dev drop every pair with a side in "
+        "the training or model-selection text; the other tests are scored beside them (bleu_tatoeba, bleu_flores).")
+    beside_size: int | None = Field(None, ge=1, description="With test=tatoeba or dev: sentences per direction of "
+                                    "each test scored beside it (default: the eval size).")
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,18 @@ class TranslationRun(TaskRun):
         super().__init__(spec)
         self.name, self.mix = name, mix
         self.languages = MIXES[mix]
-        if self.options.test == "tatoeba":  # the trained directions' Tatoeba scores; FLORES-200's beside
-            self.metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf", "bleu_flores"),
+        if self.options.test != "flores":  # the trained directions' scores; the other tests' beside
+            beside = tuple(f"bleu_{kind}" for kind in self._beside_kinds())
+            self.metric = Metric("bleu", higher_is_better=True, chance=None, secondary=("chrf", *beside),
                                  tolerance=1.0, breakdown=(
-                                     "bleu_flores", "bleu_flores_trained",
+                                     *beside, "bleu_flores_trained",
                                      *(f"bleu_{direction_name(s, t)}" for s, t in self._trained_directions())))
+
+    def _beside_kinds(self) -> list[str]:
+        """The tests scored beside a tatoeba or dev test: Tatoeba's (beside dev, where a trained language has one)
+        and FLORES-200's."""
+        tatoeba = self.options.test == "dev" and any(has_tatoeba(self.data_dir, lang) for lang in self.languages)
+        return ["tatoeba", "flores"] if tatoeba else ["flores"]
 
     def _trained_directions(self) -> list[tuple[str, str]]:
         return [d for lang in self.languages for d in ((lang, "en"), ("en", lang))]
@@ -124,30 +135,26 @@ class TranslationRun(TaskRun):
         return out
 
     @cached_property
-    def _validation(self) -> dict[tuple[str, str], list[Example]]:
+    def _validation_pairs(self) -> dict[str, list[Pair]]:
+        """Per trained language, the first dev pairs: `val_size` sentences in all over the training directions."""
         per_direction = max(1, self.spec.val_size // (2 * len(self.languages)))
-        out = {}
-        for lang in self.languages:
-            _, dev = parallel(self.data_dir, lang)
-            for direction in ((lang, "en"), ("en", lang)):
-                out[direction] = self._examples(dev[:per_direction], lang, [direction])
-        return out
+        return {lang: parallel(self.data_dir, lang)[1][:per_direction] for lang in self.languages}
 
     @cached_property
-    def _test(self) -> dict[tuple[str, str], list[Example]]:
+    def _validation(self) -> dict[tuple[str, str], list[Example]]:
+        return {direction: self._examples(pairs, lang, [direction])
+                for lang, pairs in self._validation_pairs.items() for direction in ((lang, "en"), ("en", lang))}
+
+    def _flores(self, size: int | None) -> dict[tuple[str, str], list[Example]]:
         out = {}
-        size = self.options.flores_size if self.options.test == "tatoeba" and self.options.flores_size else \
-            self.spec.eval_size
         for src, tgt in EVAL_DIRECTIONS:
             lang = tgt if src == "en" else src
             pairs = flores_pairs(self.data_dir, lang)
-            if size is not None:
-                pairs = pairs[:size]
-            out[(src, tgt)] = self._examples(pairs, lang, [(src, tgt)])
+            out[(src, tgt)] = self._examples(pairs[:size] if size is not None else pairs, lang, [(src, tgt)])
         return out
 
     @cached_property
-    def _in_domain(self) -> dict[str, InDomainTest]:
+    def _tatoeba_tests(self) -> dict[str, InDomainTest]:
         """Per trained language with a Tatoeba test here: its pairs, deduplicated against the training and dev
         text of every language (the pretraining corpus is drawn from it too)."""
         seen = seen_lines(self.data_dir, tuple(LANGUAGES))
@@ -155,17 +162,41 @@ class TranslationRun(TaskRun):
                 if has_tatoeba(self.data_dir, lang)}
 
     @cached_property
-    def _tatoeba(self) -> dict[tuple[str, str], list[Example]]:
+    def _dev_tests(self) -> dict[str, InDomainTest]:
+        """Per trained language: its dev pairs past the validation lines, deduplicated against the training text
+        of every language and the validation lines."""
+        seen = seen_lines(self.data_dir, tuple(LANGUAGES), with_dev=False)
+        seen |= line_keys([p for pairs in self._validation_pairs.values() for p in pairs])
+        return {lang: held_out_test(self.data_dir, lang, len(self._validation_pairs[lang]), seen)
+                for lang in self.languages}
+
+    def _directions(self, kind: str, size: int | None) -> dict[tuple[str, str], list[Example]]:
+        """Test `kind`'s examples per direction, at most `size` sentences each: FLORES-200's 20 directions, or the
+        trained directions that have pairs left in the Tatoeba or held-out dev test."""
+        if kind == "flores":
+            return self._flores(size)
         out = {}
-        for lang, test in self._in_domain.items():
-            pairs = test.pairs[: self.spec.eval_size] if self.spec.eval_size is not None else test.pairs
+        for lang, test in (self._tatoeba_tests if kind == "tatoeba" else self._dev_tests).items():
+            pairs = test.pairs[:size] if size is not None else test.pairs
             for direction in ((lang, "en"), ("en", lang)):
                 if pairs:
                     out[direction] = self._examples(pairs, lang, [direction])
-        if not out:
-            raise SmcBenchError(f"{self.name}: no Tatoeba test pairs are left for {', '.join(self.languages)} "
-                                "after deduplication against the training and dev text: use --option test=flores")
         return out
+
+    @cached_property
+    def _test(self) -> dict[tuple[str, str], list[Example]]:
+        """The test the verdicts use."""
+        out = self._directions(self.options.test, self.spec.eval_size)
+        if not out:
+            raise SmcBenchError(f"{self.name}: no {self.options.test} test pairs are left for "
+                                f"{', '.join(self.languages)} after deduplication against the training and "
+                                "model-selection text: use --option test=flores")
+        return out
+
+    @cached_property
+    def _beside(self) -> dict[str, dict[tuple[str, str], list[Example]]]:
+        size = self.options.beside_size or self.spec.eval_size
+        return {kind: tests for kind in self._beside_kinds() if (tests := self._directions(kind, size))}
 
     def train_examples(self) -> tuple[Sequence[Example], list[int]]:
         return self._train, [len(e.source_ids) + len(e.target_ids) for e in self._train]
@@ -258,14 +289,11 @@ class TranslationRun(TaskRun):
         return out, groups
 
     def evaluate_outcomes(self, model: nn.Module) -> tuple[dict[str, float], outcomes.Outcomes]:
-        if self.options.test == "flores":
-            out, groups = self._test_metrics(model, self._test)
-            out["eval_examples"] = sum(len(v) for v in self._test.values())
-        else:
-            out, groups = self._test_metrics(model, self._tatoeba)
-            out["eval_examples"] = sum(len(v) for v in self._tatoeba.values())
-            flores, _ = self._test_metrics(model, self._test, "_flores")
-            out.update(flores)
+        out, groups = self._test_metrics(model, self._test)
+        out["eval_examples"] = sum(len(v) for v in self._test.values())
+        if self.options.test != "flores":
+            for kind, tests in self._beside.items():
+                out.update(self._test_metrics(model, tests, f"_{kind}")[0])
         return out, outcomes.Outcomes("bleu", groups, {"smooth_method": "exp", "effective_order": False})
 
     def data_provenance(self) -> dict[str, Any]:
@@ -277,17 +305,27 @@ class TranslationRun(TaskRun):
                                 "evaluation": "FLORES-200 devtest, 20 directions",
                                 "bleu_tokenize": {lang: ALL[lang].bleu_tokenize for lang in ALL},
                                 "sacrebleu": sacrebleu.__version__, "notes": notes}
-        if self.options.test == "tatoeba":
-            tests = self._in_domain
-            data["evaluation"] = "Tatoeba test v2021-08-07, trained directions; FLORES-200 devtest beside (bleu_flores)"
-            data["tatoeba"] = {lang: {"pairs": t.total, "removed": t.removed, "kept": len(t.pairs)}
-                               for lang, t in tests.items()}
+        if self.options.test == "flores":
+            return data
+        names = {"tatoeba": "Tatoeba test v2021-08-07, trained directions",
+                 "dev": "the trained languages' dev files past the validation lines",
+                 "flores": "FLORES-200 devtest"}
+        beside = self._beside_kinds()
+        data["evaluation"] = (f"{names[self.options.test]}; " + ", ".join(names[k] for k in beside)
+                              + " beside (" + ", ".join(f"bleu_{k}" for k in beside) + ")")
+        for kind in [self.options.test, *beside]:
+            if kind == "flores":
+                continue
+            tests = self._tatoeba_tests if kind == "tatoeba" else self._dev_tests
+            data[kind] = {lang: {"pairs": t.total, "removed": t.removed, "kept": len(t.pairs)}
+                          for lang, t in tests.items()}
             removed = ", ".join(f"{lang} {t.removed:,} of {t.total:,}" for lang, t in tests.items())
             missing = [lang for lang in self.languages if lang not in tests]
-            notes.append(f"Test: Tatoeba (v2021-08-07) of the trained directions, in domain for the small model; "
-                         f"pairs with a side seen in any training or dev text, or repeated, removed ({removed})"
-                         + (f"; no Tatoeba test for {', '.join(missing)}" if missing else "")
-                         + ". FLORES-200 devtest (the paper's test) is scored beside it as bleu_flores.")
+            against = "any training or dev text" if kind == "tatoeba" else "any training text or validation line"
+            role = "Test" if kind == self.options.test else f"Beside it (bleu_{kind})"
+            notes.append(f"{role}: {names[kind]}; pairs with a side seen in {against}, or repeated, removed "
+                         f"({removed})" + (f"; no Tatoeba test for {', '.join(missing)}" if missing else "") + ".")
+        notes.append("FLORES-200 devtest (the paper's test) is scored beside it as bleu_flores.")
         return data
 
     def train_defaults(self) -> dict[str, Any]:
