@@ -110,11 +110,17 @@ def test_resume_after_a_crash_gives_the_same_model(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crashed, data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[Crash(5)],
               checkpoint_dir=tmp_path, progress=False)
+    from smcbench.training.checkpoint import load_checkpoint
+
+    before = load_checkpoint(tmp_path)[1]["seconds"]  # trained up to the checkpoint at step 3
     resumed = Regression(dropout=0.3)  # a fresh process: fresh weights, state from the checkpoint
     result = train(resumed, data(), collate, cfg, evaluate=lambda m: 0.0, callbacks=[Crash(-1)],
                    checkpoint_dir=tmp_path, progress=False)
     assert result.steps == 9
     assert torch.allclose(weights(resumed), weights(reference), atol=1e-6)
+    # Regression: a run resumed at its last update recorded 2 s of training (the time after the interruption).
+    assert before > 0 and result.resumed_s == before and result.seconds > before
+    assert result.examples_per_second == result.examples_seen / result.seconds
 
 
 class NoisyRegression(Regression):

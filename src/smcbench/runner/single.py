@@ -232,7 +232,8 @@ def finish_run(request: RunRequest, exp: LocalExperiment, outcome: Outcome, conf
         "history": result.history,  # validation metric vs updates and examples: the budget sweeps read it
         "seed": request.spec.seed,
         "train_s": result.seconds,
-        "wall_s": wall_s,  # training and pruning, without the evaluation
+        "wall_s": wall_s + result.resumed_s,  # training and pruning, without the evaluation; with the training
+        # before an interruption (this process measured only what came after it)
         "eval_s": eval_s,
         "examples_per_s": result.examples_per_second,
         "notes": outcome.notes,

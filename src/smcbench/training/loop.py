@@ -135,6 +135,7 @@ class TrainResult:
     best_metric: float | None
     best_step: int | None
     history: list[dict] = field(default_factory=list)
+    resumed_s: float = 0.0  # of `seconds`, those spent before an interruption (read from the checkpoint resumed)
 
     @property
     def examples_per_second(self) -> float:
@@ -217,6 +218,7 @@ class _Loop:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.epoch = self.position = self.seen = 0
+        self.earlier_s, self.start = 0.0, time.perf_counter()
         self.root = Path(checkpoint_dir) if checkpoint_dir else None
 
     def restore(self) -> None:
@@ -234,6 +236,9 @@ class _Loop:
         self.state.step, self.epoch, self.position, self.seen = (extra["step"], extra["epoch"], extra["position"],
                                                                  extra["seen"])
         self.history = extra["history"]
+        # A resumed run's time counts what it trained before the interruption (older checkpoints lack it): the
+        # dry run learns its predictions from finished runs, and a run resumed at its last update took 2 s.
+        self.earlier_s = float(extra.get("seconds", 0.0))
 
     def update(self, group: list[list[int]]) -> None:
         """One optimizer update over the micro-batches in `group`."""
@@ -299,14 +304,15 @@ class _Loop:
         if self.root and self.accelerator.is_main_process:  # several GPU processes: one writer
             extra = {"optimizer": optimizer_state(self.optimizer), "rng": rng_state(),
                      "callbacks": [cb.state_dict() for cb in self.callbacks], "step": self.state.step,
-                     "epoch": self.epoch, "position": self.position, "seen": self.seen, "history": self.history}
+                     "epoch": self.epoch, "position": self.position, "seen": self.seen, "history": self.history,
+                     "seconds": self.earlier_s + time.perf_counter() - self.start}
             save_checkpoint(self.root, self.state.step, self.raw_model, extra, keep)
 
     def run(self, progress: bool, description: str) -> TrainResult:
         self.restore()
         for cb in self.callbacks:
             cb.on_train_begin(self.state)
-        start = time.perf_counter()
+        self.start = time.perf_counter()
         self.model.train()
         bar = tqdm(total=self.total, initial=self.state.step, desc=description, disable=not progress, leave=False)
         accelerator, cfg = self.accelerator, self.cfg
@@ -322,7 +328,7 @@ class _Loop:
             if self.position >= len(batches):
                 self.epoch, self.position = self.epoch + 1, 0
         bar.close()
-        seconds = time.perf_counter() - start
+        seconds = self.earlier_s + time.perf_counter() - self.start
         best = self.best
         if best is not None:
             for cb, cb_state in zip(self.callbacks, best["callbacks"], strict=True):
@@ -331,7 +337,7 @@ class _Loop:
         self.raw_model.eval()
         return TrainResult(steps=self.state.step, seconds=seconds, examples_seen=self.seen,
                            best_metric=best["metric"] if best else None, best_step=best["step"] if best else None,
-                           history=self.history)
+                           history=self.history, resumed_s=self.earlier_s)
 
 
 def train(
