@@ -323,6 +323,11 @@ def test_a_grid_records_its_predictions_and_checks_them_when_it_ends(tiny_model_
     monkeypatch.setenv("SMCBENCH_CACHE", str(tmp_path / "cache"))
     path = str(write_spec(tmp_path / "s.yaml", tiny_model_path, data_root, tmp_path / "out",
                           methods=["dense", "omp_after"]))
+    # Regression: a grid started before any dry run on the machine recorded every prediction as unknown, silently
+    # (the translation part ran 5 minutes that way); it says so, and its dense run is all it does here.
+    dense = str(write_spec(tmp_path / "d.yaml", tiny_model_path, data_root, tmp_path / "first", methods=["dense"]))
+    code, said, err = run_cli(monkeypatch, capsys, "grid", dense)
+    assert code == 0 and "(no time predicted for 1 of the runs to do: no cost measured on this machine yet" in err
     code, said, err = run_cli(monkeypatch, capsys, "grid", path, "--dry-run")  # probes the task once
     assert code == 0, err
     code, said, err = run_cli(monkeypatch, capsys, "grid", path)

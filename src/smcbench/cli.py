@@ -343,7 +343,13 @@ def grid(
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:  # checked when the grid ends; never a reason not to run it
-        save_predictions(nodes, predict(nodes, lambda _: None, measure_missing=False))
+        estimates = predict(nodes, lambda _: None, measure_missing=False)
+        save_predictions(nodes, estimates)
+        unknown = sum(len(n.configs()) for n in nodes if not n.done() and estimates[n.id].source == "unknown")
+        if unknown:  # a grid never probes (minutes): without the dry run's cached costs its time goes unchecked
+            typer.echo(f"(no time predicted for {unknown} of the runs to do: no cost measured on this machine yet; "
+                       "the same command with --dry-run measures it once, so that a grid can check its time when it "
+                       "ends)", err=True)
     except (SmcBenchError, OSError, ValueError) as err:
         typer.echo(f"(no time predictions recorded: {str(err).splitlines()[0][:200]})", err=True)
     if executor == "ray":
