@@ -254,6 +254,21 @@ def test_harder_tasks_cannot_be_ordered_when_the_median_method_fails_in_neither(
             "run |") in stages
 
 
+def test_harder_tasks_cannot_be_ordered_when_the_median_method_fails_at_the_one_level_run(tmp_path):
+    """Regression: the laptop track's translation part ran 48.8 % only, where the median method failed on both
+    mixes; the finding answered "no: the same level", though no lower level was run that could order them."""
+    store = ResultStore(tmp_path / "results.db")
+    for task, dense in (("translation/2-2", 0.8), ("translation/10-10", 0.4)):
+        store.append({**rec("dense", 0.0, dense), "task": task, "run_id": f"{task}-dense"})
+        for method in ("omp_before", "omp_after", "sparsegpt"):
+            store.append({**rec(method, 0.488, dense / 2), "task": task, "run_id": f"{task}-{method}"})
+    build(tmp_path / "results.db", tmp_path / "report", rule="paper")
+    md = (tmp_path / "report" / "report.md").read_text()
+    found = md.split("## The paper's findings at this scale: 2. harder tasks fail earlier")[1].split("\n## ")[0]
+    assert ("| translation / m | 3 | translation/10-10 (dense 0.400: 0.488), translation/2-2 (dense 0.800: 0.488) | "
+            "cannot tell: the median method fails at the lowest level run in every task |") in found
+
+
 def test_the_lazy_regime_finding_reads_stages_masks_and_the_dense_weight_change(tmp_path):
     """Finding 4 per task: the dense fine-tune's median relative change, and the most similar During and After
     masks at the highest level both ran (chosen by the methods' stages, never by their names)."""

@@ -94,9 +94,13 @@ def difficulty(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]
         if all(a < b for a, b in pairs):
             seen = "yes"
         elif all(a == b for a, b in pairs):
-            # Equal medians above every level run: the median method failed in no task, so the runs cannot order them.
+            # Equal medians above every level run: the median method failed in no task; at the lowest level run: it
+            # failed at once in every task. Either way the runs cannot order them.
+            lowest = min(g.methods[m].lowest or 0.0 for _, g in ordered for m in shared)
             seen = ("cannot tell: the median method fails in none up to the highest level run"
-                    if all(m > h for m, h in zip(medians, highest, strict=True)) else "no: the same level")
+                    if all(m > h for m, h in zip(medians, highest, strict=True)) else
+                    "cannot tell: the median method fails at the lowest level run in every task"
+                    if medians[0] <= lowest + 1e-9 else "no: the same level")
         else:
             seen = "no" if all(a >= b for a, b in pairs) else "partly"
         order = ", ".join(f"{t} (dense {g.dense:.3f}: {_text(r, h)})"

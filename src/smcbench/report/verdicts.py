@@ -34,6 +34,7 @@ class MethodVerdict:
     note: str = ""  # why the paper's rule was used where the paired one was asked for
     judged: bool = True  # False: the paper's rule had no tolerance to judge by (one seed, none declared)
     stage: str = ""  # when the method prunes (methods.base.Method.stage): after, during, before, post-training
+    lowest: float | None = None  # the lowest level it ran
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -88,13 +89,15 @@ def judge(rows: list[dict], rule: Rule = "paired", resamples: int | None = None)
         paper = None if tolerance is None else analysis.failing_sparsity(points, mean, tolerance, metric)[1]
         first = next(r for r in rows if r["variant"] == variant)
         stage = stage_of(first["method"], (first.get("config") or {}).get("settings") or {})
-        verdict = MethodVerdict(variant, "paper", paper, max(p.sparsity for p in points), paper_failing=paper,
-                                judged=tolerance is not None, stage=stage)
+        levels = [p.sparsity for p in points]
+        verdict = MethodVerdict(variant, "paper", paper, max(levels), paper_failing=paper,
+                                judged=tolerance is not None, stage=stage, lowest=min(levels))
         if rule == "paired":
             ladder, note = _paired(rows, variant, dense_runs, metric, resamples)
             if ladder is not None:
                 failing = ladder.failing.sparsity if ladder.failing else None
-                verdict = MethodVerdict(variant, "paired", failing, verdict.highest, ladder, paper, stage=stage)
+                verdict = MethodVerdict(variant, "paired", failing, verdict.highest, ladder, paper, stage=stage,
+                                        lowest=verdict.lowest)
             else:
                 verdict.note = note
         out.methods[variant] = verdict
