@@ -119,7 +119,8 @@ def test_a_toy_task_with_a_lower_is_better_metric_runs_selects_and_reports(tmp_p
     assert "toy/regression" in known_tasks()
     [dense] = execute(request(tmp_path, "dense", []))
     assert dense["metric"] == {"name": "mse", "higher_is_better": False, "chance": None, "secondary": ["mae"],
-                               "breakdown": [], "tolerance": 0.01, "secondary_lower_is_better": ["mae"]}
+                               "breakdown": [], "tolerance": 0.01, "secondary_lower_is_better": ["mae"],
+                               "baselines": []}
     assert dense["metrics"]["mse"] < 1.0 and dense["validation_best"] is not None
     # The output layer stays dense (a regex on the selection), or global magnitude empties it.
     records = execute(request(tmp_path, "omp_after", [0.5, 0.98], exclude=[r"^body\.2\."]))

@@ -54,7 +54,29 @@ def test_a_tiny_esm_learns_the_synthetic_composition_task(protein_root, esm_path
     [r] = execute(req)
     assert r["metrics"]["accuracy"] >= 0.9, r["metrics"]
     assert r["metric"]["chance"] == 0.5 and "macro_f1" in r["metrics"] and r["metrics"]["majority_rate"] == 0.5
+    # The fixture's label is in the composition: the baseline from the data alone gets every test protein.
+    assert r["metrics"]["composition_accuracy"] == 1.0
+    assert r["metric"]["baselines"] == ["majority_rate", "composition_accuracy"]
     assert r["model_source"] == {"folder": esm_path}
+
+
+def test_the_composition_baseline_reads_residue_frequencies_and_is_symmetric_in_the_classes():
+    import random
+
+    from helpers import _composition_sequence
+    from smcbench.tasks.protein.baseline import RESIDUES, composition_predictions, frequencies
+
+    assert frequencies(["AAC", "XY"]).tolist()[0][:2] == [2 / 3, 1 / 3]  # shares of the length, B/X/Z count there
+    assert frequencies(["XY"]).sum().item() == 0.5 and len(RESIDUES) == 20
+    rng = random.Random(1)
+    labels = [i % 2 for i in range(60)]
+    sequences = [_composition_sequence(rng, label) for label in labels]
+    predicted = composition_predictions(sequences[:40], labels[:40], sequences[40:], 2)
+    assert predicted == labels[40:]
+    # Relabelling the classes relabels the predictions, on noisy labels too (L-BFGS from zeros has no preferred class).
+    noisy = [label if rng.random() < 0.7 else 1 - label for label in labels[:40]]
+    flipped = composition_predictions(sequences[:40], [1 - y for y in noisy], sequences[40:], 2)
+    assert flipped == [1 - y for y in composition_predictions(sequences[:40], noisy, sequences[40:], 2)]
 
 
 @pytest.mark.parametrize("method", CODE_PATH_METHODS)

@@ -207,6 +207,33 @@ def test_a_dense_control_is_shown_beside_dense_and_never_judged(tmp_path):
     assert "## Accuracy: commonsense/csqa / m\n\ndense 0.400; dense_retrain 0.460 (a dense control, not judged)" in md
 
 
+def test_a_metrics_baselines_are_shown_beside_dense_and_a_dense_model_that_does_not_beat_one_is_flagged(tmp_path):
+    from smcbench.metrics import Metric
+
+    metric = Metric("accuracy", chance=0.5, tolerance=0.01,
+                    baselines=("majority_rate", "composition_accuracy")).to_dict()
+    store = ResultStore(tmp_path / "results.db")
+    for fold, (dense, composition) in enumerate(((0.78, 0.82), (0.80, 0.78))):  # folds pool like seeds
+        for r in (rec("dense", 0.0, dense), rec("omp_after", 0.2, dense - 0.1)):
+            store.append({**r, "run_id": f"{r['run_id']}-{fold}", "task": "protein/hp-s2c2", "fold": fold,
+                          "metric": metric, "metrics": {**r["metrics"], "majority_rate": 0.6,
+                                                        "composition_accuracy": composition}})
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    across = md.split("## Across tasks: first failing sparsity")[1].split("## ")[0]
+    assert "| composition_accuracy (baseline) | 0.800 |" in across and "| majority_rate (baseline) | 0.600 |" in across
+    assert ("chance 0.5; composition_accuracy 0.800 (a baseline from the data alone); majority_rate 0.600 (a "
+            "baseline from the data alone). Dense is no better than composition_accuracy:") in md
+    findings = md.split("## The paper's findings at this scale: 1. every method fails")[1].split("## ")[0]
+    assert "(0.200; dense 0.790 no better than composition_accuracy 0.800) |" in findings
+    store.append({**rec("dense", 0.0, 0.9), "run_id": "other", "task": "protein/hp-s2c5", "metric": metric,
+                  "metrics": {"accuracy": 0.9, "majority_rate": 0.6, "composition_accuracy": 0.8}})
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.count("Dense is no better than") == 1  # 0.9 beats 0.8: nothing to flag on the other task
+    assert analysis.baselines(analysis.with_variants([rec("dense", 0.0, 0.5)])) == {}  # records without any
+
+
 def test_the_findings_section_reads_the_papers_findings_from_the_verdicts(tmp_path):
     store = ResultStore(tmp_path / "results.db")
     # MAWPS (easy): Before methods fail at 0.36, After never up to 0.488; SVAMP (hard): everything fails earlier.

@@ -26,6 +26,10 @@ class Metric:
     # Secondary metrics for which lower is better (every other one: higher), as lm-evaluation-harness declares a
     # direction per metric.
     secondary_lower_is_better: tuple[str, ...] = ()
+    # Metrics in a record that a shallow predictor scores from the data alone (protein: the majority class, residue
+    # composition), in the primary metric's units: a dense model no better than one has nothing a sparse model can be
+    # seen to lose, so the report shows them beside dense.
+    baselines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         stray = set(self.secondary_lower_is_better) - set(self.secondary)
@@ -46,7 +50,7 @@ class Metric:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "secondary": list(self.secondary), "breakdown": list(self.breakdown),
-                "secondary_lower_is_better": list(self.secondary_lower_is_better)}
+                "secondary_lower_is_better": list(self.secondary_lower_is_better), "baselines": list(self.baselines)}
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Metric:
@@ -58,7 +62,7 @@ class Metric:
             return cls(declared["name"], declared["higher_is_better"], declared.get("chance"),
                        tuple(declared.get("secondary", ())), tuple(declared.get("breakdown", ())),
                        declared.get("tolerance", LEGACY_TOLERANCE),
-                       tuple(declared.get("secondary_lower_is_better", ())))
+                       tuple(declared.get("secondary_lower_is_better", ())), tuple(declared.get("baselines", ())))
         return cls("accuracy", True, record.get("metrics", {}).get("chance"), tolerance=LEGACY_TOLERANCE)
 
     def value(self, record: dict[str, Any]) -> float:

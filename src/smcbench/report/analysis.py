@@ -110,6 +110,18 @@ def controls(rows: list[dict]) -> dict[str, Point]:
     return {variant: points[0] for variant, points in curves(kept).items()}
 
 
+def baselines(rows: list[dict]) -> dict[str, float]:
+    """The metric's baselines (Metric.baselines: scores of a shallow predictor on the same test) by name: their mean
+    over the dense reference's runs (seeds and folds, as dense itself), where the records carry them."""
+    references = reference_variants(rows)
+    dense = [r for r in rows if references and r["variant"] == references[0]]
+    if not dense:
+        return {}
+    names = Metric.of(dense[-1]).baselines
+    return {name: statistics.fmean(float(r["metrics"][name]) for r in dense)
+            for name in names if all(name in r["metrics"] for r in dense)}
+
+
 def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float | None, str]:
     """(dense mean, tolerance, how the tolerance was chosen). One dense seed: the metric's declared absolute
     tolerance (accuracy 0.01; BLEU in BLEU points); None where the task declares none (no verdict then)."""

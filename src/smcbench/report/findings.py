@@ -26,6 +26,15 @@ def _judged(group: GroupVerdicts) -> list[MethodVerdict]:
     return [v for v in group.methods.values() if v.judged]
 
 
+def unbeaten(group: GroupVerdicts) -> str:
+    """", dense no better than <baseline> <value>" for the metric's baselines (Metric.baselines) the dense model does
+    not beat, else "": there, nothing the model adds over the data alone is large enough to be seen lost."""
+    if group.dense is None:
+        return ""
+    names = [f"{b} {v:.3f}" for b, v in sorted(group.baselines.items()) if not group.metric.better(group.dense, v)]
+    return f"; dense {group.dense:.3f} no better than {', '.join(names)}" if names else ""
+
+
 def moderate(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
     """Finding 1: how many methods fail at or below 36 % (and 20 %) of sparsity."""
     rows = []
@@ -35,7 +44,7 @@ def moderate(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
             cells = [sum(v.failing is not None and v.failing <= level + 1e-9 for v in methods)
                      for level in (0.2, MODERATE, max(v.highest for v in methods))]
             rows.append(f"| {label(key)} | " + " | ".join(f"{c} of {len(methods)}" for c in cells)
-                        + f" ({max(v.highest for v in methods):.3f}) |")
+                        + f" ({max(v.highest for v in methods):.3f}{unbeaten(g)}) |")
     return (["| task | methods failing by 20 % | by 36 % | by the highest level run |", "|---|---|---|---|", *rows]
             if rows else [])
 
@@ -54,6 +63,8 @@ def stages(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
         b, a = statistics.median(map(_rank, before)), statistics.median(map(_rank, after))
         seen = ("yes" if a > b else "no: Before fails later" if a < b else
                 "cannot tell: neither fails up to the highest level run" if a > highest else "no: the same level")
+        if unbeaten(g):  # the stages' order is then about the data's shallow signal, not the model
+            seen = f"cannot tell{unbeaten(g)}"
         cells = [_text([_rank(v) for v in before], highest), _text([_rank(v) for v in after], highest)]
         during = by_stage.get("during", [])
         cells.append(_text([_rank(v) for v in during], highest) if during else "-")

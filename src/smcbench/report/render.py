@@ -187,7 +187,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     rows, by_method, dense = analysis.method_curves(rows)
     _data_notes(report, label, rows)
     _method_notes(report, label, rows)
-    _curves(report, label, slug, metric, by_method, dense, analysis.controls(rows))
+    _curves(report, label, slug, metric, by_method, dense, analysis.controls(rows), analysis.baselines(rows))
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
     if dense and by_method:  # a group with only its dense run has nothing to fail
@@ -276,8 +276,11 @@ def _direction(metric: Metric) -> str:
 
 
 def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: dict[str, list[analysis.Point]],
-            dense: list[analysis.Point] | None, controls: dict[str, analysis.Point]) -> None:
-    """The metric vs sparsity per method: a figure and a table; dense and its controls as lines."""
+            dense: list[analysis.Point] | None, controls: dict[str, analysis.Point],
+            baselines: dict[str, float] | None = None) -> None:
+    """The metric vs sparsity per method: a figure and a table; dense, its controls and the metric's baselines
+    as lines."""
+    baselines = baselines or {}
     name = metric.name
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(by_method.items()):
@@ -289,6 +292,8 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
         ax.axhline(point.mean, color="black", linestyle=style, label=f"{control} (dense control)")
     if metric.chance is not None:
         ax.axhline(metric.chance, color="gray", linestyle="--", label="chance")
+    for (baseline, value), style in zip(sorted(baselines.items()), (":", "-.", (0, (3, 1, 1, 1))), strict=False):
+        ax.axhline(value, color="gray", linestyle=style, label=f"{baseline} (baseline)")
     ax.set_xlabel("sparsity")
     ax.set_ylabel(f"{name} ({_direction(metric)})")
     ax.set_title(label)
@@ -298,6 +303,11 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
     head = f"dense {dense[0].mean:.3f}" if dense else "no dense run"
     head += "".join(f"; {c} {p.mean:.3f} (a dense control, not judged)" for c, p in sorted(controls.items()))
     chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
+    chance += "".join(f"; {b} {v:.3f} (a baseline from the data alone)" for b, v in sorted(baselines.items()))
+    beaten = [b for b, v in baselines.items() if dense and not metric.better(dense[0].mean, v)]
+    if beaten:  # a sparse model can fall back to what the baseline knows and lose nothing the test sees
+        chance += (f". Dense is no better than {', '.join(sorted(beaten))}: what the model adds over the data alone "
+                   "is too small for this test to see, so its sparse runs cannot show what sparsity costs")
     report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
                             + _table(by_method)))
 
@@ -400,7 +410,8 @@ def _paired_table(report: Report, label: str, metric: Metric, judged: verdicts.G
         f = v.ladder.failing
         examples = v.ladder.levels[0].examples
         resolved = (f"drops under {v.ladder.resolution:.4f} cannot be resolved with {examples} examples"
-                    + (f" × {v.ladder.levels[0].seeds} seeds" if v.ladder.levels[0].seeds > 1 else ""))
+                    + (f" in each of {v.ladder.levels[0].seeds} run pairs (seeds or folds)"
+                       if v.ladder.levels[0].seeds > 1 else ""))
         if f is None:
             inconclusive = [x.sparsity for x in v.ladder.levels if x.verdict == "inconclusive"]
             first = ("no failure detectable" if not inconclusive else

@@ -29,6 +29,7 @@ class TaskSummary:
     rules: dict[str, str] = field(default_factory=dict)  # method variant → the rule that judged it
     controls: dict[str, float] = field(default_factory=dict)  # dense control variant → its score
     speedups: dict[str, dict[float, float]] = field(default_factory=dict)  # variant → level → measured speedup
+    baselines: dict[str, float] = field(default_factory=dict)  # the metric's shallow baselines (Metric.baselines)
 
 
 def summarise(label: str, judged: GroupVerdicts, speedups: dict[str, dict[float, float]] | None = None
@@ -40,7 +41,8 @@ def summarise(label: str, judged: GroupVerdicts, speedups: dict[str, dict[float,
     return TaskSummary(label, judged.metric, judged.dense, {m: v.highest for m, v in methods.items()},
                        {m: v.failing for m, v in judged_methods.items()},
                        {m: v.interval for m, v in judged_methods.items() if v.interval is not None},
-                       {m: v.rule for m, v in judged_methods.items()}, dict(judged.controls), dict(speedups or {}))
+                       {m: v.rule for m, v in judged_methods.items()}, dict(judged.controls), dict(speedups or {}),
+                       dict(judged.baselines))
 
 
 def summary_table(summaries: list[TaskSummary]) -> str:
@@ -57,6 +59,9 @@ def summary_table(summaries: list[TaskSummary]) -> str:
         scores = [f"{s.controls[control]:.3f}" if control in s.controls else "" for s in summaries]
         lines.append(f"| {control.replace('|', chr(92) + '|')} (dense control) | " + " | ".join(scores) + " |")
     lines.append("| chance | " + " | ".join(chance) + " |")
+    for baseline in sorted({b for s in summaries for b in s.baselines}):  # what the data alone scores
+        scores = [f"{s.baselines[baseline]:.3f}" if baseline in s.baselines else "" for s in summaries]
+        lines.append(f"| {baseline} (baseline) | " + " | ".join(scores) + " |")
     for m in methods:
         cells = []
         for s in summaries:

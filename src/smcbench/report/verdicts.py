@@ -52,6 +52,7 @@ class GroupVerdicts:
     methods: dict[str, MethodVerdict] = field(default_factory=dict)
     describe: dict[str, str] = field(default_factory=dict)  # example id → what it is (the dense run's texts)
     controls: dict[str, float] = field(default_factory=dict)  # dense control variant → its mean (never judged)
+    baselines: dict[str, float] = field(default_factory=dict)  # the metric's shallow baselines (analysis.baselines)
 
 
 _CACHE: dict[tuple[str, int], Outcomes] = {}  # (path, modification time): each file read once per report
@@ -71,9 +72,10 @@ def judge(rows: list[dict], rule: Rule = "paired", resamples: int | None = None)
     """The verdicts of every sparse method variant of one (task, model) group (`rows` from
     analysis.method_curves: each with its `variant`)."""
     metric = Metric.of(rows[-1])
-    _, by_method, dense_points = analysis.method_curves(rows)
+    varied, by_method, dense_points = analysis.method_curves(rows)
     out = GroupVerdicts(rule, metric, dense_points[0].mean if dense_points else None,
-                        controls={v: p.mean for v, p in analysis.controls(rows).items()})
+                        controls={v: p.mean for v, p in analysis.controls(rows).items()},
+                        baselines=analysis.baselines(varied))
     if not dense_points:
         return out
     mean, tolerance, _ = analysis.dense_reference(dense_points, metric)

@@ -31,6 +31,7 @@ from smcbench.pretraining import RECORD, PretrainRequest, model_provenance, regi
 from smcbench.settings import Settings
 from smcbench.tasks.protein import antiberty
 from smcbench.tasks.protein.antiberty import ANTIBERTY_NAME
+from smcbench.tasks.protein.baseline import composition_predictions
 from smcbench.tasks.protein.data import (
     HP_S_CLASSES,
     MELTOME_SPLITS,
@@ -113,7 +114,8 @@ class ProteinRun(TaskRun):
     def __init__(self, spec: TaskSpec, name: str) -> None:
         super().__init__(spec)
         self.name = name
-        self.metric = Metric("accuracy", chance=1.0 / self.classes, secondary=("macro_f1",), tolerance=0.01)
+        self.metric = Metric("accuracy", chance=1.0 / self.classes, secondary=("macro_f1",), tolerance=0.01,
+                             baselines=("majority_rate", "composition_accuracy"))
 
     @abstractmethod
     def read(self, split: str) -> list[Protein]:
@@ -199,6 +201,17 @@ class ProteinRun(TaskRun):
             test = test[: self.spec.eval_size]
         return test
 
+    @cached_property
+    def composition_accuracy(self) -> float:
+        """The residue-composition baseline's test accuracy (tasks.protein.baseline), on the residues the model
+        sees."""
+        pool, _ = self.training_and_validation()
+        cut = self.max_residues
+        test = self._test_rows
+        predicted = composition_predictions([p.sequence[:cut] for p in pool], [p.label for p in pool],
+                                            [p.sequence[:cut] for p in test], self.classes)
+        return sum(a == p.label for a, p in zip(predicted, test, strict=True)) / len(test)
+
     def train_examples(self) -> tuple[Sequence[Features], list[int]]:
         train = self._splits[0]
         return train, [len(f.input_ids) for f in train]
@@ -277,6 +290,7 @@ class ProteinRun(TaskRun):
         majority = Counter(gold).most_common(1)[0][1] / len(gold)
         metrics = {"accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(test),
                    "macro_f1": macro_f1(predicted, gold, self.classes), "majority_rate": majority,
+                   "composition_accuracy": self.composition_accuracy,
                    "eval_examples": len(test), "cut_sequences": sum(f.cut for f in test),
                    "cut_train_sequences": sum(f.cut for f in self._splits[0])}
         rows = self._test_rows
