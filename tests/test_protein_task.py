@@ -60,6 +60,19 @@ def test_a_tiny_esm_learns_the_synthetic_composition_task(protein_root, esm_path
     assert r["model_source"] == {"folder": esm_path}
 
 
+def test_a_learning_rate_given_without_groups_is_told_that_the_backbone_keeps_the_tasks_rate(protein_root, esm_path):
+    """Regression: the laptop track's protein part set lr 5e-4 and ran with ESM's default backbone rate, 1e-6,
+    silently: its dense fine-tune moved each backbone tensor by a median 0.1 %."""
+    from smcbench.runner.single import kept_groups_note, resolve
+
+    s = spec(protein_root, esm_path)
+    note = kept_groups_note(s, {"lr": 5e-4})
+    assert "lr 0.0005 trains the parameters outside" in note and "'^backbone\\.' at 1e-06" in note
+    assert resolve(s, {"lr": 5e-4})[1].lr_groups == ((r"^backbone\.", 1e-6),)  # what the note warns of
+    assert kept_groups_note(s, {"lr": 5e-4, "lr_groups": ()}) == "" and resolve(s, {"lr_groups": ()})[1].lr_groups == ()
+    assert kept_groups_note(s, {"batch_size": 4}) == ""
+
+
 def test_the_composition_baseline_reads_residue_frequencies_and_is_symmetric_in_the_classes():
     import random
 

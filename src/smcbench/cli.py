@@ -190,7 +190,7 @@ def _run(task: str, method: str, sparsity: str, model: str | None, data_dir: str
     from smcbench.methods import get_method, method_settings
     from smcbench.metrics import Metric
     from smcbench.runner.migrate import migrate
-    from smcbench.runner.single import RunRequest, check_keep_weights, execute, resolve
+    from smcbench.runner.single import RunRequest, check_keep_weights, execute, kept_groups_note, resolve
     from smcbench.runner.tracking import check_tracker
     from smcbench.tasks import TaskSpec
     from smcbench.tasks.registry import DataSettings
@@ -210,6 +210,9 @@ def _run(task: str, method: str, sparsity: str, model: str | None, data_dir: str
         TaskSpec(task, model, data_dir, seed=seed, fold=fold, options=parse_options(option), **data),
         train_given,
     )
+    note = kept_groups_note(spec, train_given)
+    if note:
+        typer.echo(note, err=True)
     migrate(out, typer.echo)
     records = execute(RunRequest(spec=spec, method=method, sparsities=levels, train=train_config,
                                  settings=settings_given, out=out, progress=not quiet, keep_weights=keep_weights,
@@ -307,7 +310,7 @@ def grid(
     """Run every missing run of a grid spec (tasks x models x methods x sparsities x seeds); skip finished ones."""
     from smcbench.runner.grid import drop_all_weights, expand, run_local, run_ray
     from smcbench.runner.migrate import migrate
-    from smcbench.runner.single import check_keep_weights
+    from smcbench.runner.single import check_keep_weights, kept_groups_note
     from smcbench.runner.spec import load_spec
     from smcbench.runner.tracking import check_tracker
 
@@ -329,6 +332,9 @@ def grid(
         migrate(out or Path(one.out), typer.echo)  # older runs are found where they now belong
         label = f"{name} ({one.name})" if grid_spec.include else name
         plans.append((label, expand(one, out, keep_weights or one.keep_weights, log), keep_weights or one.keep_weights))
+        notes = {kept_groups_note(n.request.spec, one.overrides()) for n in plans[-1][1]} - {""}
+        for note in sorted(notes):
+            typer.echo(note, err=True)
     nodes = [n for _, part_nodes, _ in plans for n in part_nodes]
     policy = keep_weights or grid_spec.keep_weights
     if dry_run:

@@ -257,6 +257,21 @@ def resolve(spec: TaskSpec, train_overrides: dict) -> tuple[TaskSpec, TrainConfi
     return spec, TrainConfig(**{**get_task(spec).train_defaults(), **train_overrides, "seed": spec.seed})
 
 
+def kept_groups_note(spec: TaskSpec, train_overrides: dict) -> str:
+    """A line to show when the user set `lr` but not `lr_groups` while the task's defaults have groups: those
+    parameters keep the task's rates (ESM's backbone 1e-6: a run at `lr` 5e-4 trains little more than the head),
+    which is right for GTS's embedder and a trap elsewhere, so it is said, never silent. "" otherwise."""
+    if "lr" not in train_overrides or "lr_groups" in train_overrides:
+        return ""
+    groups = get_task(spec).train_defaults().get("lr_groups") or ()
+    if not groups:
+        return ""
+    listed = ", ".join(f"'{pattern}' at {lr:g}" for pattern, lr in groups)
+    return (f"{spec.task} ({spec.model}): lr {train_overrides['lr']:g} trains the parameters outside the task's own "
+            f"learning-rate groups, which keep theirs ({listed}); to change them give lr_groups (--lr-group "
+            "REGEX=LR; `lr_groups: {}` in a grid spec for none)")
+
+
 WEIGHTS = "model.safetensors"
 MASKS = "masks.safetensors"
 CHECKPOINTS = ".checkpoints"  # hidden: never taken for a finished run
