@@ -122,6 +122,11 @@ def baselines(rows: list[dict]) -> dict[str, float]:
             for name in names if all(name in r["metrics"] for r in dense)}
 
 
+def unbeaten(metric: Metric, dense: float | None, baselines: dict[str, float]) -> list[str]:
+    """The baselines (by name, sorted) that the dense score does not beat in the metric's direction."""
+    return [] if dense is None else sorted(b for b, v in baselines.items() if not metric.better(dense, v))
+
+
 def dense_reference(points: list[Point], metric: Metric = ACCURACY) -> tuple[float, float | None, str]:
     """(dense mean, tolerance, how the tolerance was chosen). One dense seed: the metric's declared absolute
     tolerance (accuracy 0.01; BLEU in BLEU points); None where the task declares none (no verdict then)."""

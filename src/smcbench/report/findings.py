@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
+from smcbench.report import analysis
 from smcbench.report.verdicts import GroupVerdicts, MethodVerdict
 
 MODERATE = 0.36  # the paper's finding 1: on CSQA every method fails by 36 % (several datasets from 20 %)
@@ -29,9 +30,7 @@ def _judged(group: GroupVerdicts) -> list[MethodVerdict]:
 def unbeaten(group: GroupVerdicts) -> str:
     """", dense no better than <baseline> <value>" for the metric's baselines (Metric.baselines) the dense model does
     not beat, else "": there, nothing the model adds over the data alone is large enough to be seen lost."""
-    if group.dense is None:
-        return ""
-    names = [f"{b} {v:.3f}" for b, v in sorted(group.baselines.items()) if not group.metric.better(group.dense, v)]
+    names = [f"{b} {group.baselines[b]:.3f}" for b in analysis.unbeaten(group.metric, group.dense, group.baselines)]
     return f"; dense {group.dense:.3f} no better than {', '.join(names)}" if names else ""
 
 

@@ -304,9 +304,9 @@ def _curves(report: Report, label: str, slug: str, metric: Metric, by_method: di
     head += "".join(f"; {c} {p.mean:.3f} (a dense control, not judged)" for c, p in sorted(controls.items()))
     chance = "no chance level" if metric.chance is None else f"chance {metric.chance}"
     chance += "".join(f"; {b} {v:.3f} (a baseline from the data alone)" for b, v in sorted(baselines.items()))
-    beaten = [b for b, v in baselines.items() if dense and not metric.better(dense[0].mean, v)]
-    if beaten:  # a sparse model can fall back to what the baseline knows and lose nothing the test sees
-        chance += (f". Dense is no better than {', '.join(sorted(beaten))}: what the model adds over the data alone "
+    unbeaten = analysis.unbeaten(metric, dense[0].mean if dense else None, baselines)
+    if unbeaten:  # a sparse model can fall back to what the baseline knows and lose nothing the test sees
+        chance += (f". Dense is no better than {', '.join(unbeaten)}: what the model adds over the data alone "
                    "is too small for this test to see, so its sparse runs cannot show what sparsity costs")
     report.sections.append((f"{name.capitalize()}: {label}", f"{head}; {chance}; {_direction(metric)}.\n\n"
                             + _table(by_method)))
