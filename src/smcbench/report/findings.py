@@ -62,8 +62,9 @@ def stages(groups: dict[tuple[str, str], GroupVerdicts], label) -> list[str]:
         b, a = statistics.median(map(_rank, before)), statistics.median(map(_rank, after))
         seen = ("yes" if a > b else "no: Before fails later" if a < b else
                 "cannot tell: neither fails up to the highest level run" if a > highest else "no: the same level")
-        if unbeaten(g):  # the stages' order is then about the data's shallow signal, not the model
-            seen = f"cannot tell{unbeaten(g)}"
+        flag = unbeaten(g)
+        if flag:  # the stages' order is then about the data's shallow signal, not the model
+            seen = f"cannot tell{flag}"
         cells = [_text([_rank(v) for v in before], highest), _text([_rank(v) for v in after], highest)]
         during = by_stage.get("during", [])
         cells.append(_text([_rank(v) for v in during], highest) if during else "-")

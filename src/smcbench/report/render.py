@@ -187,7 +187,7 @@ def _group(report: Report, task: str, model: str, rows: list[dict], levels: list
     rows, by_method, dense = analysis.method_curves(rows)
     _data_notes(report, label, rows)
     _method_notes(report, label, rows)
-    _curves(report, label, slug, metric, by_method, dense, analysis.controls(rows), analysis.baselines(rows))
+    _curves(report, label, slug, metric, by_method, dense, analysis.controls(rows), judged.baselines)
     _secondary(report, label, metric, rows)
     _breakdown(report, label, metric, rows, levels)
     if dense and by_method:  # a group with only its dense run has nothing to fail
