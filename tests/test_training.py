@@ -379,3 +379,21 @@ def test_the_loop_benchmarks_flop_count_is_six_n_t_plus_attention_per_real_token
     example = {"attention_mask": [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]}
     expected = sum(6 * 2 * per_layer * t + 12 * 2 * 8 * t * t for t in (3, 5))
     assert encoder_flops(model, [example]) == expected
+
+
+def test_the_loop_benchmarks_matmul_ceiling_counts_the_padded_shapes_the_loop_forms():
+    from transformers import BertConfig, BertForMultipleChoice
+
+    from smcbench.bench.loop import matmul_ceiling
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16)
+    model = BertForMultipleChoice(config)
+    per_layer = 4 * 8 * 8 + 2 * 8 * 16
+    # Two questions of two choices; batch size 2 makes one batch, padded to its longest choice (6 tokens).
+    examples = [{"attention_mask": [[1] * 3, [1] * 5]}, {"attention_mask": [[1] * 6, [1] * 2]}]
+    out = matmul_ceiling(model, examples, [5, 6], batch_size=2, seed=0)
+    rows = 4 * 6
+    expected = 6 * rows * 2 * per_layer + 12 * 2 * 8 * 4 * 6 * 6
+    assert out["padded_gflop"] * 1e9 == pytest.approx(expected, rel=1e-12)
+    assert out["matmul_s"] > 0

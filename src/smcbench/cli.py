@@ -657,10 +657,12 @@ def bench_overhead(
     model: str = typer.Option("minilm", help="Model name, hub id or local folder."),
     steps: int = typer.Option(10, min=1, help="Timed steps of each (after 2 warm-up steps)."),
     sparsity: float = typer.Option(0.5, min=0, max=1, help="Sparsity of the masked model."),
-    kinds: str = typer.Option("dense,masked,variational_dropout,l0", "--kinds",
-                              help="Comma-separated steps to time: dense, masked, variational_dropout, l0."),
+    kinds: str = typer.Option("dense,masked,variational_dropout,vd_floor,l0", "--kinds",
+                              help="Comma-separated steps to time: dense, masked, variational_dropout, vd_floor "
+                                   "(VD's matrix products only), l0."),
 ) -> None:
-    """Median training-step time of each kind of step: dense, masked (GMP's), variational dropout's, L0's."""
+    """Median training-step time of each kind of step: dense, masked (GMP's), variational dropout's and its floor
+    (the products any exact VD step computes), L0's."""
     from smcbench.bench import overhead
 
     check_level("--sparsity", sparsity)

@@ -44,6 +44,70 @@ def encoder_flops(model: torch.nn.Module, examples: list) -> float:
     return total
 
 
+def _linear_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
+    """(in, out) of the encoder's Linear layers, with how many share each shape."""
+    shapes: dict[tuple[int, int], int] = {}
+    for m in model.base_model.encoder.modules():
+        if isinstance(m, torch.nn.Linear):
+            shapes[(m.in_features, m.out_features)] = shapes.get((m.in_features, m.out_features), 0) + 1
+    return shapes
+
+
+def _timed_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> float:
+    """The product's time warm (the best of two after a first call): a first call on freshly written operands runs
+    at half speed or worse (threads waking, caches cold), which the loop's back-to-back products do not pay."""
+    torch.matmul(a, b, out=out)
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_ceiling(model: torch.nn.Module, examples: list, lengths: list[int], batch_size: int, seed: int,
+                   every: int = 10) -> dict:
+    """What the loop's own matrix products cost alone: the MFU a loop doing nothing else would reach.
+
+    Every `every`-th batch of the epoch as the loop forms it (length-bucketed, padded to the batch's longest choice)
+    gives the shapes; for each, the forward and both backward products of every encoder Linear and of attention's
+    two products run on random tensors of those shapes, each timed warm; the sampled time is scaled to the epoch
+    by its share of the epoch's padded FLOPs. The FLOPs MFU counts (real tokens only) over that time, over the peak,
+    is the ceiling: what is left between it and the loop's MFU is everything that is not a matmul (dropout,
+    softmax, norms, the optimizer, Python), and what is left above it is padding and the GEMMs' efficiency at these
+    small shapes, which no loop change reaches."""
+    from smcbench.training.loop import epoch_batches
+
+    shapes = _linear_shapes(model)
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+    heads = model.config.num_attention_heads
+    gen = torch.Generator().manual_seed(0)
+    sampled_s = sampled_flops = all_flops = 0.0
+    for i, batch in enumerate(epoch_batches(lengths, batch_size, seed, 0, True)):
+        sequences = sum(len(examples[j]["attention_mask"]) for j in batch)
+        longest = max(len(m) for j in batch for m in examples[j]["attention_mask"])
+        rows = sequences * longest
+        linear = sum(6 * rows * a * b * n for (a, b), n in shapes.items())
+        attention = 12 * layers * width * sequences * longest**2
+        all_flops += linear + attention
+        if i % every:
+            continue
+        sampled_flops += linear + attention
+        for (a, b), n in shapes.items():
+            x, g, w = (torch.randn(*s, generator=gen) for s in ((rows, a), (rows, b), (b, a)))
+            y, gx, gw = torch.empty(rows, b), torch.empty(rows, a), torch.empty(b, a)
+            sampled_s += n * (_timed_mm(x, w.t(), y) + _timed_mm(g, w, gx) + _timed_mm(g.t(), x, gw))
+        dh = width // heads
+        q, k, p, gp = (torch.randn(sequences * heads, *s, generator=gen)
+                       for s in ((longest, dh), (longest, dh), (longest, longest), (longest, longest)))
+        scores, grad = torch.empty(sequences * heads, longest, longest), torch.empty(sequences * heads, longest, dh)
+        # Scores Q·Kᵀ and context P·V, each forward and its two backward products (same shapes in pairs).
+        products = [(q, k.transpose(1, 2), scores), (p, k, grad), (p.transpose(1, 2), q, grad)] * 2
+        sampled_s += layers * sum(_timed_mm(*mm) for mm in products)
+    seconds = sampled_s * all_flops / sampled_flops
+    return {"matmul_s": seconds, "padded_gflop": all_flops / 1e9, "matmul_gflops": all_flops / seconds / 1e9}
+
+
 def _with_mfu(out: dict, flops: float, peak: float) -> dict:
     achieved = flops / out["train_s"] / 1e9
     return {**out, "train_gflop": flops / 1e9, "achieved_gflops": achieved, "peak_gflops": peak,
@@ -63,7 +127,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     result = train(model, examples, task.collate, cfg, lengths=lengths, progress=False)
     out = {"side": "ours", "train_s": result.seconds, "questions": result.examples_seen,
            "questions_per_s": result.examples_per_second, "accuracy": task.evaluate(model)["accuracy"]}
-    return _with_mfu(out, flops, peak)
+    ceiling = matmul_ceiling(model, examples, lengths, args.batch_size, args.seed)
+    out = _with_mfu(out, flops, peak)
+    return {**out, **ceiling, "ceiling_mfu": flops / ceiling["matmul_s"] / 1e9 / peak}
 
 
 def run_trainer(args: argparse.Namespace) -> dict:
@@ -175,4 +241,9 @@ def render(out: dict, train_size: int, eval_size: int, batch_size: int, max_leng
                      f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions  "
                      f"MFU {r['mfu']:.1%} ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s peak)")
     lines.append(f"  speed-up {out['speedup']:.2f}x; {out['ours']['train_gflop']:.0f} GFLOP of real tokens")
+    ours = out["ours"]
+    if "ceiling_mfu" in ours:
+        lines.append(f"  ceiling: our loop's matmuls alone (its padded shapes, {ours['padded_gflop']:.0f} GFLOP) take "
+                     f"{ours['matmul_s']:.1f} s at {ours['matmul_gflops']:.0f} GFLOP/s: MFU {ours['ceiling_mfu']:.1%} "
+                     f"if nothing else took time; the loop reaches {ours['mfu'] / ours['ceiling_mfu']:.0%} of that")
     return "\n".join(lines)
