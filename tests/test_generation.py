@@ -64,3 +64,17 @@ def test_models_asking_for_more_than_beam_search_are_not_supported():
     model = tiny_mbart(0, 0.0)
     model.generation_config.no_repeat_ngram_size = 3
     assert not supported(model)
+
+
+def test_the_search_projects_through_a_padded_head_with_the_same_logits_and_gives_the_model_back():
+    from smcbench.training.generation import _padded_head
+
+    model = tiny_mbart(1, 2.0)
+    head = model.get_output_embeddings()
+    padded = _padded_head(model, 36)
+    assert padded is not None and padded.weight.shape == (64, 32)  # 60 columns padded to 64
+    x = torch.randn(36, 32)
+    assert torch.equal(padded(x), head(x))
+    ids, mask = sources(1, 9)
+    beam_search(model, ids, mask, decoder_start_token_id=50, num_beams=4, max_new_tokens=8)
+    assert model.get_output_embeddings() is head
