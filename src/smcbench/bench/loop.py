@@ -33,8 +33,7 @@ def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None
 def encoder_flops(model: torch.nn.Module, examples: list) -> float:
     """Training FLOPs (forward + backward) of the real tokens of `examples` (multiple-choice features: per choice
     an attention mask), as the module docstring counts them."""
-    encoder = model.base_model.encoder
-    weights = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
+    weights = sum(a * b * n for (a, b), n in _linear_shapes(model).items())
     layers, width = model.config.num_hidden_layers, model.config.hidden_size
     total = 0.0
     for features in examples:
@@ -98,8 +97,8 @@ def matmul_ceiling(model: torch.nn.Module, examples: list, lengths: list[int], b
             y, gx, gw = torch.empty(rows, b), torch.empty(rows, a), torch.empty(b, a)
             sampled_s += n * (_timed_mm(x, w.t(), y) + _timed_mm(g, w, gx) + _timed_mm(g.t(), x, gw))
         dh = width // heads
-        q, k, p, gp = (torch.randn(sequences * heads, *s, generator=gen)
-                       for s in ((longest, dh), (longest, dh), (longest, longest), (longest, longest)))
+        q, k, p = (torch.randn(sequences * heads, *s, generator=gen)
+                   for s in ((longest, dh), (longest, dh), (longest, longest)))
         scores, grad = torch.empty(sequences * heads, longest, longest), torch.empty(sequences * heads, longest, dh)
         # Scores Q·Kᵀ and context P·V, each forward and its two backward products (same shapes in pairs).
         products = [(q, k.transpose(1, 2), scores), (p, k, grad), (p.transpose(1, 2), q, grad)] * 2

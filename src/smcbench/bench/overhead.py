@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from smcbench.methods.callbacks import LearnedSparsityTraining
 from smcbench.models import load_pretrained
 from smcbench.sparsity import Sparsifier
-from smcbench.sparsity.learned import L0Gates, VariationalDropout
+from smcbench.sparsity.learned import L0Gates, VariationalDropout, _input
 from smcbench.sparsity.selection import select_prunable
 from smcbench.training.callbacks import LoopState
 
@@ -41,8 +41,7 @@ class _VDFloor(VariationalDropout):
         out = run(None)
         if isinstance(module, nn.Embedding):  # the looked-up rows' noise is elementwise, no product
             return out
-        x = args[0] if args else kwargs["input"]
-        return out + F.linear(x.square(), self.extra[name])
+        return out + F.linear(_input(args, kwargs).square(), self.extra[name])
 
     def penalty(self) -> Tensor:
         return torch.zeros(())
