@@ -397,3 +397,36 @@ def test_the_loop_benchmarks_matmul_ceiling_counts_the_padded_shapes_the_loop_fo
     expected = 6 * rows * 2 * per_layer + 12 * 2 * 8 * 4 * 6 * 6
     assert out["padded_gflop"] * 1e9 == pytest.approx(expected, rel=1e-12)
     assert out["matmul_s"] > 0
+
+
+def test_training_flops_counts_each_example_alone_and_leaves_the_model_as_it_was():
+    from transformers import BertConfig, BertModel
+
+    from smcbench.bench.measure import training_flops
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16, attn_implementation="sdpa")
+    model = BertModel(config, add_pooling_layer=False).train()
+    per_layer = 4 * 8 * 8 + 2 * 8 * 16
+
+    def collate(examples):
+        return {"input_ids": torch.tensor(examples)}
+
+    def loss(m, batch):
+        return m(**batch).last_hidden_state.sum()
+
+    # 30 distinct lengths: the degree-two fit over a few of them, then every example from it.
+    examples = [[1] * t for t in range(2, 32)] + [[1] * 7]
+    expected = sum(6 * 2 * per_layer * len(e) + 12 * 2 * 8 * len(e) ** 2 for e in examples)
+    rng = torch.get_rng_state()
+    assert training_flops(model, collate, loss, examples, lambda e: (len(e),)) == pytest.approx(expected, rel=1e-9)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+    # Work of degree three in the length is off any degree-two fit: then each length is counted alone.
+    def cubic(m, batch):
+        h = m(**batch).last_hidden_state[0]
+        return (h @ h.T @ (h @ h.T)).sum()
+
+    cubic_part = sum(6 * len(e) ** 3 + 96 * len(e) ** 2 for e in examples)  # h·hᵀ twice, their product; backward 2x
+    assert training_flops(model, collate, cubic, examples, lambda e: (len(e),)) == expected + cubic_part

@@ -3,7 +3,10 @@ translation loop against a plain Hugging Face `Seq2SeqTrainer` + `generate` loop
 settings, each side in its own process. Same pre-tokenized examples, same model initialisation, same optimizer
 settings and update count; evaluation with the same beam and length limit; BLEU of both printed, so speed is compared
 at equal quality. What differs is the tool: ours buckets batches by length (training and generation), the plain
-loop takes the data in its order and pads to each batch's longest."""
+loop takes the data in its order and pads to each batch's longest. Training's model FLOP utilisation (MFU) of each
+side: the mean training FLOPs of a pair alone (bench.measure.training_flops over the training set) times the pairs
+trained on, per second, over the fp32 matmul peak measured in the same process just before training (the two sides
+draw different pairs of the epoch, so each is credited the mean)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 
 import torch
 
-from smcbench.bench.measure import in_subprocess, peak_rss_mb
+from smcbench.bench.measure import in_subprocess, matmul_peak_gflops, peak_rss_mb, training_flops
 
 DIRECTIONS = (("fr", "en"), ("en", "fr"))
 
@@ -39,6 +42,9 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
 
     task, examples, lengths, evaluation = _setup(model, data_dir, train_size, eval_size, max_length, beam)
     net = task.initial_model()
+    pair_flops = training_flops(net, task.collate, task.loss, examples,
+                                lambda e: (len(e.source_ids), len(e.target_ids))) / len(examples)
+    peak = matmul_peak_gflops()
     lr = 5e-4
     if side == "ours":
         from smcbench.training import TrainConfig, train
@@ -69,7 +75,9 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
         outputs[name] = [h for d in DIRECTIONS for h in hypotheses[d]]
     evals["ours"]["identical_outputs"] = sum(a == b for a, b in zip(outputs["plain"], outputs["ours"], strict=True))
     per_example = _tokens(task, examples) / len(examples)
+    achieved = seen * pair_flops / train_s / 1e9
     return {"side": side, "train_s": train_s, "train_tokens_per_s": seen * per_example / train_s,
+            "achieved_gflops": achieved, "peak_gflops": peak, "mfu": achieved / peak,
             "eval": evals, "eval_sentences": len(evaluation), "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
@@ -147,7 +155,8 @@ def render(out: list[dict], model: str, steps: int, batch_size: int, beam: int) 
         evals = "; ".join(f"{loop} {e['eval_sentences_per_s']:5.2f} sentences/s ({e['eval_s']:5.1f} s, BLEU "
                           + ", ".join(f"{k} {v:.2f}" for k, v in e["bleu"].items()) + ")"
                           for loop, e in r["eval"].items())
-        lines.append(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s), peak "
+        lines.append(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s, MFU "
+                     f"{r['mfu']:.1%}: {r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s), peak "
                      f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")
     ratios = [r["eval"]["ours"]["eval_sentences_per_s"] / r["eval"]["plain"]["eval_sentences_per_s"] for r in out]
     same = [f"{r['eval']['ours'].get('identical_outputs', '?')} of {r['eval_sentences']}" for r in out]
