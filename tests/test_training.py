@@ -1,4 +1,7 @@
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -430,3 +433,31 @@ def test_training_flops_counts_each_example_alone_and_leaves_the_model_as_it_was
 
     cubic_part = sum(6 * len(e) ** 3 + 96 * len(e) ** 2 for e in examples)  # h·hᵀ twice, their product; backward 2x
     assert training_flops(model, collate, cubic, examples, lambda e: (len(e),)) == expected + cubic_part
+
+
+_TRAIN_A_FEW_STEPS = """
+import hashlib, sys, torch
+from smcbench.training.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.manual_seed(0)
+layer = torch.nn.TransformerEncoderLayer(64, 4, 256, dropout=0.1, batch_first=True)
+opt = torch.optim.AdamW(layer.parameters())
+for step in range(4):
+    x = torch.randn(8, 40 + 30 * step, 64)
+    layer(x).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in layer.parameters())).hexdigest())
+"""
+
+
+def test_keeping_freed_memory_changes_no_result():
+    """The allocator setting only moves where tensors live: the same training, bit for bit (each in a fresh
+    process, since the setting is process-wide)."""
+    def run(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", _TRAIN_A_FEW_STEPS, mode], capture_output=True, text=True,
+                             check=True)
+        return out.stdout.strip()
+
+    assert run("keep") == run("default")

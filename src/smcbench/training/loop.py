@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from smcbench.errors import SmcBenchError
 from smcbench.settings import Settings
+from smcbench.training.allocator import keep_freed_memory
 from smcbench.training.callbacks import Callback, LoopState, in_order
 from smcbench.training.checkpoint import (
     load_checkpoint,
@@ -220,6 +221,8 @@ class _Loop:
         self.epoch = self.position = self.seen = 0
         self.earlier_s, self.start = 0.0, time.perf_counter()
         self.root = Path(checkpoint_dir) if checkpoint_dir else None
+        if self.accelerator.device.type == "cpu":
+            keep_freed_memory()
 
     def restore(self) -> None:
         resumed = load_checkpoint(self.root) if self.root else None
