@@ -775,12 +775,15 @@ def bench_protein(
     batch_size: int = typer.Option(8, min=1, help="Sequences per step."),
     max_residues: int | None = typer.Option(None, min=8, help="Cut sequences to this length (default: the model's)."),
     data_dir: str | None = typer.Option(None, help="Folder holding protein/."),
+    dropout_rng: str = typer.Option("torch", help="The training loop's dropout_rng: torch or pcg64."),
 ) -> None:
     """Seconds per epoch, evaluation time and peak memory of protein models on one HP-S2C2 fold."""
     from smcbench.bench import protein
+    from smcbench.training import TrainConfig
 
+    TrainConfig.validate_overrides({"dropout_rng": dropout_rng}, "train")
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
-    out = protein.run(chosen, fold, epochs, batch_size, max_residues, data_dir)
+    out = protein.run(chosen, fold, epochs, batch_size, max_residues, data_dir, dropout_rng)
     typer.echo(json.dumps(out) if as_json else protein.render(out, fold, batch_size, epochs))
 
 

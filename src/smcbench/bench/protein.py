@@ -1,7 +1,9 @@
 """`smc-bench bench protein`: seconds per training epoch, evaluation seconds and peak memory of protein models on
 one HP-S2C2 fold, each model in its own process: `esm-tiny` (pretrained here) and the 8M-parameter ESM-2 shape
 (esm2_t6_8M_UR50D: 6 layers, hidden 320, 20 heads) with random weights. Length bucketing pads each batch only to its
-longest sequence; the padding fraction of an epoch is reported beside the time."""
+longest sequence; the padding fraction of an epoch is reported beside the time, and the model FLOP utilisation
+(MFU): the training FLOPs of the real tokens (bench.measure.training_flops) per second, over the fp32 matmul peak
+measured in the same process just before training."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from smcbench.bench.measure import in_subprocess, peak_rss_mb
+from smcbench.bench.measure import in_subprocess, matmul_peak_gflops, peak_rss_mb, training_flops
 
 ESM2_8M = {"hidden_size": 320, "num_hidden_layers": 6, "num_attention_heads": 20, "intermediate_size": 1280,
            "max_position_embeddings": 1026}
@@ -36,7 +38,7 @@ def _esm2_8m_random(folder: Path) -> str:
 
 
 def measure(model: str, fold: int, epochs: int, batch_size: int, max_residues: int | None,
-            data_dir: str | None) -> dict:
+            data_dir: str | None, dropout_rng: str = "torch") -> dict:
     from smcbench.tasks import TaskSpec, get_task
     from smcbench.training import TrainConfig, train
     from smcbench.training.loop import epoch_batches
@@ -49,7 +51,9 @@ def measure(model: str, fold: int, epochs: int, batch_size: int, max_residues: i
         net = task.initial_model()
         params = sum(p.numel() for p in net.parameters())
         cfg = TrainConfig(**{**task.train_defaults(), "batch_size": batch_size, "epochs": float(epochs),
-                             "eval_epochs": None})
+                             "eval_epochs": None, "dropout_rng": dropout_rng})
+        flops = epochs * training_flops(net, task.collate, task.loss, examples, lambda f: (len(f.input_ids),))
+        peak = matmul_peak_gflops()
         result = train(net, examples, task.collate, cfg, lengths=lengths, loss_fn=task.loss, progress=False)
         start = time.perf_counter()
         metrics = task.evaluate(net)
@@ -58,16 +62,20 @@ def measure(model: str, fold: int, epochs: int, batch_size: int, max_residues: i
         batches = epoch_batches(lengths, batch_size, 0, 0, bucket)
         return 1 - sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
-    return {"model": model, "params": params, "train_examples": len(examples), "epochs": epochs,
+    return {"model": model, "dropout_rng": dropout_rng, "params": params, "train_examples": len(examples),
+            "epochs": epochs,
             "seconds_per_epoch": result.seconds / epochs, "eval_s": eval_s, "eval_examples": metrics["eval_examples"],
             "accuracy": metrics["accuracy"], "peak_rss_mb": peak_rss_mb(), "longest_tokens": max(lengths),
             "cut_train_sequences": metrics["cut_train_sequences"],
-            "padding_fraction": padding(True), "padding_fraction_without_bucketing": padding(False)}
+            "padding_fraction": padding(True), "padding_fraction_without_bucketing": padding(False),
+            "achieved_gflops": flops / result.seconds / 1e9, "peak_gflops": peak,
+            "mfu": flops / result.seconds / 1e9 / peak}
 
 
 def run(models: tuple[str, ...], fold: int = 0, epochs: int = 1, batch_size: int = 8,
-        max_residues: int | None = None, data_dir: str | None = None) -> list[dict]:
-    args = ["--fold", str(fold), "--epochs", str(epochs), "--batch-size", str(batch_size)]
+        max_residues: int | None = None, data_dir: str | None = None, dropout_rng: str = "torch") -> list[dict]:
+    args = ["--fold", str(fold), "--epochs", str(epochs), "--batch-size", str(batch_size), "--dropout-rng",
+            dropout_rng]
     args += ["--max-residues", str(max_residues)] if max_residues else []
     args += ["--data-dir", data_dir] if data_dir else []
     return [in_subprocess(__name__, "--model", m, *args) for m in models]
@@ -81,10 +89,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-residues", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dropout-rng", default="torch")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(json.dumps(measure(args.model, args.fold, args.epochs, args.batch_size, args.max_residues,
-                             args.data_dir)))
+                             args.data_dir, args.dropout_rng)))
 
 
 if __name__ == "__main__":
@@ -92,12 +101,15 @@ if __name__ == "__main__":
 
 
 def render(out: list[dict], fold: int, batch_size: int, epochs: int) -> str:
-    lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), each model in its own process"]
+    rng = out[0]["dropout_rng"] if out else "torch"
+    lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), {rng} dropout, each model in its own "
+             "process"]
     for r in out:
         lines.append(f"  {r['model']:<16} {r['params'] / 1e6:6.2f}M params  {r['seconds_per_epoch']:7.1f} s/epoch "
                      f"({r['train_examples']} sequences, longest {r['longest_tokens']} tokens, padding "
                      f"{r['padding_fraction']:.1%} vs {r['padding_fraction_without_bucketing']:.1%} unbucketed)  eval "
-                     f"{r['eval_s']:5.1f} s  peak {r['peak_rss_mb']:6.0f} MB  accuracy {r['accuracy']:.3f}")
+                     f"{r['eval_s']:5.1f} s  peak {r['peak_rss_mb']:6.0f} MB  accuracy {r['accuracy']:.3f}  "
+                     f"MFU {r['mfu']:.1%} ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s)")
     if len(out) > 1:
         lines.append(f"  {out[1]['model']} / {out[0]['model']}: "
                      f"{out[1]['seconds_per_epoch'] / out[0]['seconds_per_epoch']:.2f}x the time per epoch")
