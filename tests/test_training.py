@@ -138,14 +138,15 @@ class NoisyRegression(Regression):
         return type("Out", (), {"loss": (self.body(x).squeeze(-1) + noise - y).pow(2).mean()})()
 
 
-def test_resume_restores_every_generator_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("dropout_rng", ["torch", "pcg64"])
+def test_resume_restores_every_generator_bit_for_bit(tmp_path, dropout_rng):
     """Regression: resume restored only torch's CPU generator, so a step drawing from Python's or NumPy's
-    generator diverged after a resume."""
+    generator diverged after a resume. pcg64 dropout seeds its streams from torch's generator: covered too."""
     import random
 
     import numpy as np
 
-    cfg = TrainConfig(lr=0.05, batch_size=8, max_steps=9, eval_every=3)
+    cfg = TrainConfig(lr=0.05, batch_size=8, max_steps=9, eval_every=3, dropout_rng=dropout_rng)
     reference = NoisyRegression(dropout=0.3)
     train(reference, data(), collate, cfg, evaluate=lambda m: 0.0, progress=False)
 
@@ -461,3 +462,12 @@ def test_keeping_freed_memory_changes_no_result():
         return out.stdout.strip()
 
     assert run("keep") == run("default")
+
+
+def test_keeping_freed_memory_can_be_turned_off_by_the_environment():
+    import os
+
+    code = "from smcbench.training.allocator import keep_freed_memory; print(keep_freed_memory())"
+    env = {**os.environ, "SMCBENCH_KEEP_FREED_MEMORY": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"

@@ -799,11 +799,14 @@ def bench_translation(
     max_length: int = typer.Option(64, min=8, help="Tokens per sentence and the generation limit."),
     beam: int = typer.Option(4, min=1, help="Beam size."),
     data_dir: str | None = typer.Option(None, help="Folder holding translation/."),
+    dropout_rng: str = typer.Option("torch", help="Our training loop's dropout_rng: torch or pcg64."),
 ) -> None:
     """Training tokens/s and evaluation sentences/s against a plain Seq2SeqTrainer + generate loop, BLEU beside."""
     from smcbench.bench import translation
+    from smcbench.training import TrainConfig
 
-    out = translation.run(model, data_dir, steps, batch_size, train_size, eval_size, max_length, beam)
+    TrainConfig.validate_overrides({"dropout_rng": dropout_rng}, "train")
+    out = translation.run(model, data_dir, steps, batch_size, train_size, eval_size, max_length, beam, dropout_rng)
     typer.echo(json.dumps(out) if as_json else translation.render(out, model, steps, batch_size, beam))
 
 

@@ -37,7 +37,7 @@ def _tokens(task, examples) -> int:
 
 
 def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size: int, train_size: int,
-            eval_size: int, max_length: int, beam: int) -> dict:
+            eval_size: int, max_length: int, beam: int, dropout_rng: str = "torch") -> dict:
     from smcbench.tasks.translation.bleu import corpus_score
 
     task, examples, lengths, evaluation = _setup(model, data_dir, train_size, eval_size, max_length, beam)
@@ -50,7 +50,7 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
         from smcbench.training import TrainConfig, train
 
         cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=steps, warmup_ratio=0.05, schedule="linear",
-                          weight_decay=0.01)
+                          weight_decay=0.01, dropout_rng=dropout_rng)
         start = time.perf_counter()
         train(net, examples, task.collate, cfg, lengths=lengths, loss_fn=task.loss, progress=False)
         train_s = time.perf_counter() - start
@@ -76,7 +76,8 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
     evals["ours"]["identical_outputs"] = sum(a == b for a, b in zip(outputs["plain"], outputs["ours"], strict=True))
     per_example = _tokens(task, examples) / len(examples)
     achieved = seen * pair_flops / train_s / 1e9
-    return {"side": side, "train_s": train_s, "train_tokens_per_s": seen * per_example / train_s,
+    return {"side": side, "dropout_rng": dropout_rng if side == "ours" else "torch", "train_s": train_s,
+            "train_tokens_per_s": seen * per_example / train_s,
             "achieved_gflops": achieved, "peak_gflops": peak, "mfu": achieved / peak,
             "eval": evals, "eval_sentences": len(evaluation), "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
@@ -121,9 +122,11 @@ def _hf_generate(task, net, examples, batch_size: int) -> list[str]:
 
 
 def run(model: str = "mbart-tiny", data_dir: str | None = None, steps: int = 200, batch_size: int = 32,
-        train_size: int = 2000, eval_size: int = 200, max_length: int = 64, beam: int = 4) -> list[dict]:
+        train_size: int = 2000, eval_size: int = 200, max_length: int = 64, beam: int = 4,
+        dropout_rng: str = "torch") -> list[dict]:
     args = ["--model", model, "--steps", str(steps), "--batch-size", str(batch_size), "--train-size",
-            str(train_size), "--eval-size", str(eval_size), "--max-length", str(max_length), "--beam", str(beam)]
+            str(train_size), "--eval-size", str(eval_size), "--max-length", str(max_length), "--beam", str(beam),
+            "--dropout-rng", dropout_rng]
     args += ["--data-dir", data_dir] if data_dir else []
     return [in_subprocess(__name__, "--side", side, *args) for side in ("hf", "ours")]
 
@@ -136,10 +139,11 @@ def main() -> None:
     for name, default in (("steps", 200), ("batch-size", 32), ("train-size", 2000), ("eval-size", 200),
                           ("max-length", 64), ("beam", 4)):
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--dropout-rng", default="torch")
     a = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(json.dumps(measure(a.side, a.model, a.data_dir, a.steps, a.batch_size, a.train_size, a.eval_size,
-                             a.max_length, a.beam)))
+                             a.max_length, a.beam, a.dropout_rng)))
 
 
 if __name__ == "__main__":
@@ -155,7 +159,8 @@ def render(out: list[dict], model: str, steps: int, batch_size: int, beam: int) 
         evals = "; ".join(f"{loop} {e['eval_sentences_per_s']:5.2f} sentences/s ({e['eval_s']:5.1f} s, BLEU "
                           + ", ".join(f"{k} {v:.2f}" for k, v in e["bleu"].items()) + ")"
                           for loop, e in r["eval"].items())
-        lines.append(f"  {r['side']:<5} train {r['train_tokens_per_s']:8.0f} tokens/s ({r['train_s']:6.1f} s, MFU "
+        lines.append(f"  {r['side']:<5} train ({r['dropout_rng']} dropout) {r['train_tokens_per_s']:8.0f} tokens/s "
+                     f"({r['train_s']:6.1f} s, MFU "
                      f"{r['mfu']:.1%}: {r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s), peak "
                      f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")
     ratios = [r["eval"]["ours"]["eval_sentences_per_s"] / r["eval"]["plain"]["eval_sentences_per_s"] for r in out]
