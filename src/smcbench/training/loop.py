@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
@@ -106,18 +106,12 @@ class TrainConfig(Settings):
             raise ValueError(f"give (regex, lr) pairs, e.g. {{'^embedder\\.': 8e-6}} ({err})") from err
         return normal
 
-    @field_validator("dropout_rng")
+    @field_validator("schedule", "dropout_rng")
     @classmethod
-    def _dropout_rng(cls, value: str) -> str:
-        if value not in DROPOUT_RNGS:
-            raise ValueError(f"unknown dropout_rng {value!r}: choose one of {', '.join(DROPOUT_RNGS)}")
-        return value
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        if value not in SCHEDULES:
-            raise ValueError(f"unknown schedule {value!r}: choose one of {', '.join(SCHEDULES)}")
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"schedule": SCHEDULES, "dropout_rng": DROPOUT_RNGS}[info.field_name]  # schedules: a registry
+        if value not in choices:
+            raise ValueError(f"unknown {info.field_name} {value!r}: choose one of {', '.join(choices)}")
         return value
 
     def updates_per_epoch(self, num_examples: int) -> int:
