@@ -28,6 +28,7 @@ from smcbench.models import load_pretrained
 from smcbench.sparsity import Sparsifier
 from smcbench.sparsity.learned import L0Gates, VariationalDropout, _input
 from smcbench.sparsity.selection import select_prunable
+from smcbench.training.allocator import keep_freed_memory
 from smcbench.training.callbacks import LoopState
 
 KINDS = ("dense", "masked", "variational_dropout", "vd_floor", "l0")
@@ -104,6 +105,7 @@ def _stepper(kind: str, model: torch.nn.Module, batch: dict, sparsity: float) ->
 
 def run(model: str = "minilm", steps: int = 10, warmup: int = 2, sparsity: float = 0.5,
         questions: int = 8, choices: int = 5, length: int = 64, kinds: tuple[str, ...] = KINDS) -> dict:
+    keep_freed_memory()  # the steps are the training loop's, so is the allocator setting it makes on CPU
     torch.manual_seed(0)
     reference = load_pretrained(model)
     batch = _batch(reference.config.vocab_size, questions, choices, length)
