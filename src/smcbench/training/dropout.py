@@ -38,12 +38,14 @@ def keep_scale(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype
     dropped = min(round(p * _LEVELS), _LEVELS - 1)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
     n = math.prod(shape)
-    keep = np.empty(n, dtype=np.bool_)
+    exact = np.float64 if dtype == torch.float64 else np.float32  # other dtypes: converted from float32 at the end
+    scale = exact(_LEVELS / (_LEVELS - dropped))
+    out = np.empty(n, dtype=exact)
 
-    def block(a: int) -> None:
+    def block(a: int) -> None:  # the multiplier itself, in the thread: no bool mask for torch to convert after
         b = min(a + _BLOCK, n)
         raw = np.random.PCG64([seed, a // _BLOCK]).random_raw(-(-(b - a) // 4))  # four 16-bit draws in each
-        np.greater_equal(raw.view(np.int16)[: b - a], dropped - _LEVELS // 2, out=keep[a:b])
+        np.multiply(np.greater_equal(raw.view(np.int16)[: b - a], dropped - _LEVELS // 2), scale, out=out[a:b])
 
     starts = range(0, n, _BLOCK)
     if len(starts) > 1 and torch.get_num_threads() > 1:
@@ -51,13 +53,12 @@ def keep_scale(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype
     else:
         for a in starts:
             block(a)
-    return torch.from_numpy(keep).view(shape).to(dtype).mul_(_LEVELS / (_LEVELS - dropped))
-
+    return torch.from_numpy(out).view(shape).to(dtype)
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    # numpy draws and compares without the GIL: threads run the blocks on torch's cores
+    # numpy draws, compares and multiplies without the GIL: threads run the blocks on torch's cores
     return ThreadPoolExecutor(torch.get_num_threads(), thread_name_prefix="smcbench-dropout")
 
 
