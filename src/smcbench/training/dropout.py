@@ -3,7 +3,7 @@
 torch draws a CPU dropout mask serially with mt19937 (`bernoulli_`, about 6 ns an element on the 2-core development
 machine): the largest cost of a training step that is not a matrix product (12 % of a MiniLM step on CSQA, 32 % of
 esm-tiny's on long proteins, where attention's probabilities are dropped). "pcg64" draws 16 random bits an element
-with numpy's PCG64 instead, in parallel: about 0.9 ns an element for the whole multiplier. The masks differ from
+with numpy's PCG64 instead, in parallel: about 0.7 ns an element for the whole multiplier. The masks differ from
 torch's, so results differ: it is an option named in a run's identity, never a default.
 
 The models call `F.dropout` (also through `nn.Dropout`) and pass `dropout_p` to `F.scaled_dot_product_attention`,
