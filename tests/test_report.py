@@ -318,3 +318,21 @@ def test_the_lazy_regime_finding_reads_stages_masks_and_the_dense_weight_change(
     md = (tmp_path / "report" / "report.md").read_text()
     found = md.split("## The paper's findings at this scale: 4. the lazy regime")[1].split("\n## ")[0]
     assert "| commonsense/csqa / m | 0.020 | gmp vs omp_after at 0.500 | 0.923 (random 0.333) | no |" in found
+
+
+def test_runs_trained_with_different_settings_in_one_group_are_flagged(tmp_path):
+    """Regression: the report groups runs by task and model, so a dense run with torch's dropout and sparse runs
+    with pcg64 (separate commands, one output folder) were paired without a word."""
+    store = ResultStore(tmp_path / "results.db")
+    store.append({**rec("dense", 0.0, 0.6), "config": {"train": {"lr": 1e-4}}})
+    for s in (0.2, 0.488):
+        store.append({**rec("omp_after", s, 0.5), "config": {"train": {"lr": 1e-4, "dropout_rng": "pcg64"}}})
+    build(tmp_path / "results.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert ("Runs trained with different settings are mixed here (dropout_rng: default (1 run), pcg64 (2 runs)): "
+            "the verdicts pair them as they are") in md
+    alike = ResultStore(tmp_path / "alike.db")
+    for r in (rec("dense", 0.0, 0.6), rec("omp_after", 0.2, 0.5)):
+        alike.append({**r, "config": {"train": {"lr": 1e-4}}})
+    build(tmp_path / "alike.db", tmp_path / "alike")
+    assert "trained with different settings" not in (tmp_path / "alike" / "report.md").read_text()

@@ -4,7 +4,7 @@ result records, masks and weights, so they can be tested on hand-made inputs."""
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,6 +56,19 @@ def _identity_settings(record: dict) -> dict:
     if config.get("method_version", 1) != 1:
         settings["version"] = config["method_version"]
     return settings
+
+
+def mixed_training(records: Iterable[dict]) -> list[str]:
+    """The training settings that differ between these runs, each as `key: value (n runs), ...` (a setting a run
+    left at its default is not in its identity: "default"); [] when every run trained alike."""
+    trains = [(r.get("config") or {}).get("train") or {} for r in records]
+    keys = sorted({k for t in trains for k in t if len({repr(x.get(k)) for x in trains}) > 1})
+    out = []
+    for key in keys:
+        counts = Counter(_setting_text(t[key]) if key in t else "default" for t in trains)
+        out.append(f"{key}: " + ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})"
+                                          for value, n in sorted(counts.items())))
+    return out
 
 
 def task_versions(records: Iterable[dict]) -> list[int]:

@@ -209,14 +209,18 @@ def _data_notes(report: Report, label: str, rows: list[dict]) -> None:
 
 def _method_notes(report: Report, label: str, rows: list[dict]) -> None:
     """What a reader must know of how the runs were made, where it is not what they would assume: task versions
-    mixed in one group; per method variant its version, the pruned selection, the share of the selected weights a
-    layer-wise method had to prune by magnitude instead (tensors without layer inputs), and a pruning interval
-    left at its default."""
+    or training settings mixed in one group; per method variant its version, the pruned selection, the share of the
+    selected weights a layer-wise method had to prune by magnitude instead (tensors without layer inputs), and a
+    pruning interval left at its default."""
     lines = []
     versions = analysis.task_versions(rows)
     if len(versions) > 1:
         lines.append(f"Runs of task versions {', '.join(map(str, versions))} are mixed here: the task changed "
                      "between them; compare runs of one version.\n")
+    mixed = analysis.mixed_training(rows)
+    if mixed:
+        lines.append(f"Runs trained with different settings are mixed here ({'; '.join(mixed)}): the verdicts pair "
+                     "them as they are; compare runs trained alike (one output folder per training setting).\n")
     table = []
     by_variant: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
