@@ -95,8 +95,8 @@ def training_flops(model: Any, collate: Callable[[list], dict], loss_fn: Callabl
     training = model.training
     model.eval()
     try:
-        picks = sorted({distinct[round(i * (len(distinct) - 1) / (2 * len(terms(distinct[0])) + 1))]
-                        for i in range(2 * len(terms(distinct[0])) + 2)})
+        wanted = 2 * len(terms(distinct[0])) + 2  # twice the polynomial's coefficients, spread over the lengths
+        picks = sorted({distinct[round(i * (len(distinct) - 1) / (wanted - 1))] for i in range(wanted)})
         flops = {k: counted(k) for k in picks}
         x = torch.tensor([terms(k) for k in picks], dtype=torch.float64)
         y = torch.tensor([flops[k] for k in picks], dtype=torch.float64)
