@@ -765,6 +765,13 @@ def bench_arithmetic(
     typer.echo(json.dumps(out) if as_json else arithmetic.render(out, task, fold, model, batch_size, lr))
 
 
+def _check_dropout_rng(value: str) -> None:
+    """A benchmark's --dropout-rng, checked as the training loop's setting before any subprocess starts."""
+    from smcbench.training import TrainConfig
+
+    TrainConfig.validate_overrides({"dropout_rng": value}, "train")
+
+
 @bench_app.command("protein")
 def bench_protein(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -779,9 +786,7 @@ def bench_protein(
 ) -> None:
     """Seconds per epoch, evaluation time and peak memory of protein models on one HP-S2C2 fold."""
     from smcbench.bench import protein
-    from smcbench.training import TrainConfig
-
-    TrainConfig.validate_overrides({"dropout_rng": dropout_rng}, "train")
+    _check_dropout_rng(dropout_rng)
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     out = protein.run(chosen, fold, epochs, batch_size, max_residues, data_dir, dropout_rng)
     typer.echo(json.dumps(out) if as_json else protein.render(out, fold, batch_size, epochs))
@@ -803,9 +808,7 @@ def bench_translation(
 ) -> None:
     """Training tokens/s and evaluation sentences/s against a plain Seq2SeqTrainer + generate loop, BLEU beside."""
     from smcbench.bench import translation
-    from smcbench.training import TrainConfig
-
-    TrainConfig.validate_overrides({"dropout_rng": dropout_rng}, "train")
+    _check_dropout_rng(dropout_rng)
     out = translation.run(model, data_dir, steps, batch_size, train_size, eval_size, max_length, beam, dropout_rng)
     typer.echo(json.dumps(out) if as_json else translation.render(out, model, steps, batch_size, beam))
 

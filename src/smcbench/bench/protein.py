@@ -101,7 +101,7 @@ if __name__ == "__main__":
 
 
 def render(out: list[dict], fold: int, batch_size: int, epochs: int) -> str:
-    rng = out[0]["dropout_rng"] if out else "torch"
+    rng = out[0]["dropout_rng"]  # one setting for every model of a run
     lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), {rng} dropout, each model in its own "
              "process"]
     for r in out:
