@@ -28,7 +28,7 @@ def engine_path(path: str):
         return
     bisect = path == "bisect"
     with (
-        mock.patch.object(native, "_LIB", [None] if path == "band-torch" else native._LIB),
+        mock.patch.object(native, "_library", (lambda: None) if path == "band-torch" else native._library),
         mock.patch.object(alloc, "CHUNK", 7),
         mock.patch.object(alloc, "SAMPLE", 64),
         mock.patch.object(alloc, "SMALL_GROUP", 0),

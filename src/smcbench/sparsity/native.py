@@ -1,67 +1,26 @@
-"""Optional compiled helpers for the exact global cut's two passes: `band.c`, built at first use with the system's C
-compiler into $SMCBENCH_CACHE/native (a plain shared library called through ctypes: no torch headers, built in
-under a second). Without a compiler, or on a non-CPU tensor, the caller uses its torch path: same results."""
+"""Optional compiled helpers for the exact global cut's two passes: `band.c`, built at first use (smcbench.native).
+Without a compiler, or on a non-CPU tensor, the caller uses its torch path: same results."""
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from smcbench.cache import cache_dir
+from smcbench import native
 
-_SOURCE = Path(__file__).with_name("band.c")
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
-_LIB: list = []  # [library or None], once per process
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
+_C = ctypes
+_FUNCTIONS = {
+    "smc_band": (_C.c_int64, [_C.c_void_p, _C.c_void_p, _C.c_int, _C.c_int64, _C.c_float, _C.c_float, _C.c_void_p,
+                              _C.c_int64, _C.c_void_p, _C.c_int]),
+    "smc_keep": (None, [_C.c_void_p, _C.c_int, _C.c_int64, _C.c_float, _C.c_void_p, _C.c_int]),
+}
 
 
 def _library() -> ctypes.CDLL | None:
-    if _LIB:
-        return _LIB[0]
-    lib = None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler and os.environ.get("SMCBENCH_NATIVE", "1") != "0":
-        source = _SOURCE.read_bytes()
-        # -march=native: the build fits this CPU only, so its features are part of the key (a shared home
-        # directory may serve several machines).
-        what = " ".join([compiler, *_FLAGS, platform.machine(), _cpu_flags()])
-        key = hashlib.sha256(source + what.encode()).hexdigest()[:16]
-        path = cache_dir() / "native" / f"band-{key}.so"
-        try:
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                    built = Path(tmp) / "band.so"
-                    subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built)], check=True,
-                                   capture_output=True, timeout=120)
-                    built.replace(path)  # whole, then renamed: a concurrent run never loads half a file
-            lib = ctypes.CDLL(str(path))
-            lib.smc_band.restype = ctypes.c_int64
-            lib.smc_band.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float,
-                                     ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-            lib.smc_keep.restype = None
-            lib.smc_keep.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
-                                     ctypes.c_int]
-        except (OSError, subprocess.SubprocessError):
-            lib = None  # no working compiler here: the torch path
-    _LIB.append(lib)
-    return lib
+    return native.load(Path(__file__).with_name("band.c"), _FUNCTIONS, ("-fopenmp",))
 
 
 def band_available(scores: Tensor) -> bool:
