@@ -1,4 +1,7 @@
-"""The loop's dropout_rng option (training.dropout)."""
+"""The loop's dropout_rng (training.dropout): torch's masks drawn fast, and the pcg64 option."""
+
+import contextlib
+from unittest import mock
 
 import pytest
 import torch
@@ -7,8 +10,88 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.test_training import Regression, collate, data, weights
 
-from smcbench.training import TrainConfig, train
-from smcbench.training.dropout import FastDropout, keep_scale
+from smcbench.training import TrainConfig, dropout, train
+from smcbench.training.dropout import FastDropout, TorchStreamDropout, keep_scale, mt19937_bernoulli_
+
+needs_stream = pytest.mark.skipif(not dropout.torch_stream_available(), reason="no C compiler here (or torch draws "
+                                  "bernoulli_ another way, e.g. with MKL on Intel): torch's own kernel draws the masks")
+
+
+@needs_stream
+@given(n=st.integers(0, 3000), p=st.floats(0.0, 1.0), used=st.integers(0, 1300), double=st.booleans(),
+       seed=st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_mt19937_bernoulli_draws_what_torchs_kernel_draws_and_leaves_the_generator_where_it_does(n, p, used, double,
+                                                                                                seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.randint(0, 2, (used,), generator=gen)  # one word each: every position in and across states
+    before = gen.get_state()
+    dtype = torch.float64 if double else torch.float32
+    expected = torch.empty(n, dtype=dtype).bernoulli_(p, generator=gen)
+    after = gen.get_state()
+    gen.set_state(before)
+    assert torch.equal(mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen), expected)
+    assert torch.equal(gen.get_state(), after)
+
+
+@needs_stream
+def test_mt19937_bernoulli_in_threads_is_torchs_draw():  # above _PARALLEL_FROM: chunks on torch's threads
+    torch.manual_seed(4)
+    before = torch.default_generator.get_state()
+    expected = torch.empty(3, 70_001).bernoulli_(0.9)
+    torch.default_generator.set_state(before)
+    assert torch.equal(mt19937_bernoulli_(torch.empty(3, 70_001), 0.9), expected)
+
+
+def _dropout_everywhere() -> list[torch.Tensor]:
+    """Every way a model drops: F.dropout (float32, float64, in place), nn.Dropout and attention with each kind of
+    mask; the outputs, gradients and the generator's state after."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 25, 64, requires_grad=True)
+    q = torch.randn(8, 4, 25, 16, requires_grad=True)
+    blocked = torch.ones(8, 1, 25, 25, dtype=torch.bool)
+    blocked[:4, ..., 20:] = False
+    outputs = [F.dropout(x, 0.1, True), torch.nn.Dropout(0.2)(x * 2), F.dropout(x.double(), 0.5, True),
+               F.scaled_dot_product_attention(q, q * 2, q, attn_mask=blocked, dropout_p=0.1),
+               F.scaled_dot_product_attention(q, q, q, is_causal=True, dropout_p=0.3),
+               F.scaled_dot_product_attention(q, q, q, attn_mask=torch.randn(8, 1, 25, 25), dropout_p=0.1)]
+    inplace = x.detach().clone()
+    F.dropout(inplace, 0.1, True, inplace=True)
+    sum(t.float().square().sum() for t in outputs).backward()
+    return [*outputs, inplace, x.grad, q.grad, torch.default_generator.get_state()]
+
+
+@needs_stream
+def test_torch_stream_dropout_is_torchs_dropout_bit_for_bit():
+    expected = _dropout_everywhere()
+    with TorchStreamDropout():
+        got = _dropout_everywhere()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_torch_stream_is_used_only_when_it_draws_what_torch_draws():
+    dropout.torch_stream_available.cache_clear()
+    try:
+        with mock.patch.object(dropout, "mt19937_bernoulli_", lambda out, p, generator=None: out.fill_(1)):
+            assert not dropout.torch_stream_available()
+            assert isinstance(dropout.dropout_mode("torch", torch.device("cpu")), contextlib.nullcontext)
+    finally:
+        dropout.torch_stream_available.cache_clear()
+    assert isinstance(dropout.dropout_mode("pcg64", torch.device("cpu")), FastDropout)
+    assert isinstance(dropout.dropout_mode("torch", torch.device("meta")), contextlib.nullcontext)
+
+
+@needs_stream
+def test_training_with_the_torch_stream_gives_torchs_weights_bit_for_bit():
+    cfg = TrainConfig(lr=0.05, batch_size=8, max_steps=6)
+    fast, plain = Regression(dropout=0.3), Regression(dropout=0.3)
+    assert dropout.torch_stream_available()  # its check (which draws too) done before counting
+    with mock.patch.object(dropout, "mt19937_bernoulli_", wraps=mt19937_bernoulli_) as drawn:
+        train(fast, data(), collate, cfg, progress=False)
+    assert drawn.call_count == 6  # one mask a step, drawn here
+    with mock.patch.object(dropout, "torch_stream_available", lambda: False):
+        train(plain, data(), collate, cfg, progress=False)
+    assert torch.equal(weights(fast), weights(plain))
 
 
 @given(p=st.floats(0.0, 1.0, exclude_max=True), seed=st.integers(0, 2**31))

@@ -1,27 +1,39 @@
-"""Dropout with a fast random stream on CPU: the training loop's `dropout_rng` option.
+"""Dropout's random stream on CPU, drawn fast: the training loop's `dropout_rng`.
 
 torch draws a CPU dropout mask serially with mt19937 (`bernoulli_`, about 6 ns an element on the 2-core development
 machine): the largest cost of a training step that is not a matrix product (12 % of a MiniLM step on CSQA, 32 % of
-esm-tiny's on long proteins, where attention's probabilities are dropped). "pcg64" draws 16 random bits an element
-with numpy's PCG64 instead, in parallel: about 0.7 ns an element for the whole multiplier. The masks differ from
-torch's, so results differ: it is an option named in a run's identity, never a default.
+esm-tiny's on long proteins, where attention's probabilities are dropped). Two ways out:
+
+- "torch" (the default) keeps torch's masks and draws them faster (`TorchStreamDropout`): torch's own dropout runs,
+  and its one `bernoulli_` is filled here from the same generator state with the same mt19937 words, the state
+  regenerated for the whole mask at once and the words turned into draws on several threads (mt19937.c, built at
+  first use), the generator left where torch's kernel leaves it. Same masks, same results, bit for bit, which a
+  check against torch's kernel confirms once per process before it is used: where it differs (torch built with
+  MKL on an Intel CPU draws bernoulli_ another way) or no C compiler is found (or SMCBENCH_NATIVE=0), torch draws.
+- "pcg64" draws 16 random bits an element with numpy's PCG64 instead, in parallel: about 0.7 ns an element for the
+  whole multiplier. The masks differ from torch's, so results differ: an option named in a run's identity.
 
 The models call `F.dropout` (also through `nn.Dropout`) and pass `dropout_p` to `F.scaled_dot_product_attention`,
-whose CPU kernel draws its own mask; a TorchFunctionMode active during the forward pass takes both calls, and
-computes attention in the math kernel's steps (what CPU attention with dropout runs anyway) with the mask from here.
+whose CPU kernel draws its own mask; a TorchFunctionMode active during the forward pass takes both calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from smcbench import native
 
 DROPOUT_RNGS = ("torch", "pcg64")
 _LEVELS = 1 << 16
@@ -94,17 +106,131 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
     return _dropout(probs, dropout_p) @ value
 
 
-class FastDropout(TorchFunctionMode):
-    """While active, dropout in training (F.dropout, and scaled_dot_product_attention's dropout_p) draws its
-    masks with `keep_scale`; every other call passes through."""
+class _DropoutCalls(TorchFunctionMode):
+    """While active, dropout in training (F.dropout, and scaled_dot_product_attention with dropout_p > 0) goes to
+    `draw`; every other call passes through."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
         kwargs = kwargs or {}
-        if func is F.dropout:
-            return _dropout(*args, **kwargs)
-        if func is F.scaled_dot_product_attention and _float(args, kwargs, 4, "dropout_p") > 0:
-            return _attention(*args, **kwargs)
+        if func is F.dropout or (func is F.scaled_dot_product_attention and _float(args, kwargs, 4, "dropout_p") > 0):
+            return self.draw(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
+        raise NotImplementedError
+
+
+class FastDropout(_DropoutCalls):
+    """dropout_rng "pcg64": masks from `keep_scale`, attention in its math kernel's steps around them."""
+
+    def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
+        return (_dropout if func is F.dropout else _attention)(*args, **kwargs)
+
+
+class TorchStreamDropout(_DropoutCalls):
+    """dropout_rng "torch", drawn fast: torch's dropout and attention run as they are, their bernoulli_ filled by
+    `mt19937_bernoulli_` (torch's values; see the module docstring)."""
+
+    def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
+        with _TorchBernoulli():
+            return func(*args, **kwargs)
+
+
+def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """What the training loop's forward runs in for `rng` on `device`."""
+    if rng == "pcg64":
+        return FastDropout()
+    if device.type == "cpu" and torch_stream_available():
+        return TorchStreamDropout()
+    return contextlib.nullcontext()
+
+
+class _TorchBernoulli(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.bernoulli_.float and _fillable(args[0]):
+            return mt19937_bernoulli_(args[0], args[1] if len(args) > 1 else 0.5, kwargs.get("generator"))
+        return func(*args, **kwargs)
+
+
+def _fillable(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in _FILL and t.is_contiguous()
+
+
+_MT_N = 624
+_C = ctypes
+_FILL = {torch.float32: "smc_mt_bernoulli_f32", torch.float64: "smc_mt_bernoulli_f64"}
+_MT_FUNCTIONS = {"smc_mt_extend": (None, [_C.c_void_p, _C.c_int64]),
+                 **{name: (None, [_C.c_void_p, _C.c_int64, _C.c_uint64, _C.c_void_p]) for name in _FILL.values()}}
+# torch's CPU generator state (CPUGeneratorImplState): `left` (int32) at byte 8, `next` (uint64) at 16, then the
+# 624 state words, each stored in a uint64.
+_LEFT, _NEXT, _WORDS = 8, 16, 24
+_PARALLEL_FROM = 1 << 15  # draws: below, one call (a thread's hand-off costs more than it saves)
+
+
+def _mt_library() -> ctypes.CDLL | None:
+    return native.load(Path(__file__).with_name("mt19937.c"), _MT_FUNCTIONS)
+
+
+def mt19937_bernoulli_(out: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """`out.bernoulli_(p, generator=generator)` as torch's serial CPU kernel draws it: draw j keeps where the 53 low
+    bits of the mt19937 words 2j (high) and 2j + 1 (low), over 2⁵³, are below p; the generator ends where the kernel
+    leaves it. `out`: a contiguous float32 or float64 CPU tensor; needs the compiled helper
+    (`torch_stream_available`)."""
+    n = out.numel()
+    gen = torch.default_generator if generator is None else generator
+    if n == 0 or not 0 <= p <= 1:
+        return out.bernoulli_(p, generator=generator)  # nothing drawn, or torch's own error
+    lib = _mt_library()
+    state = gen.get_state()
+    raw = state.numpy()
+    left, following = int(raw[_LEFT:_LEFT + 4].view(np.int32)[0]), int(raw[_NEXT:_NEXT + 8].view(np.uint64)[0])
+    pos = _MT_N if left == 1 else following  # left == 1: the state's words are used up (or never twisted)
+    words = raw[_WORDS:_WORDS + 8 * _MT_N].view(np.uint64)
+    # The state and every state after it that the draws reach, in one buffer: word i of the stream is x[pos + i].
+    x = np.empty(-(-(pos + 2 * n) // _MT_N) * _MT_N, dtype=np.uint32)
+    x[:_MT_N] = words
+    lib.smc_mt_extend(x.ctypes.data, x.size)
+    fill, threshold = getattr(lib, _FILL[out.dtype]), math.ceil(p * 2.0**53)  # p·2⁵³: exact in a double
+
+    def chunk(a: int, b: int) -> None:
+        fill(x.ctypes.data + 4 * (pos + 2 * a), b - a, threshold, out.data_ptr() + out.element_size() * a)
+
+    threads = torch.get_num_threads() if n >= _PARALLEL_FROM else 1
+    bounds = [n * i // threads for i in range(threads + 1)]
+    if threads > 1:
+        list(_pool().map(chunk, bounds[:-1], bounds[1:]))  # ctypes lets go of the GIL during each call
+    else:
+        chunk(0, n)
+    last = pos + 2 * n - 1
+    block = last // _MT_N
+    words[:] = x[block * _MT_N:(block + 1) * _MT_N]
+    raw[_NEXT:_NEXT + 8].view(np.uint64)[0] = last - block * _MT_N + 1
+    raw[_LEFT:_LEFT + 4].view(np.int32)[0] = _MT_N - (last - block * _MT_N)
+    gen.set_state(state)
+    return out
+
+
+@functools.cache
+def torch_stream_available() -> bool:
+    """Whether `mt19937_bernoulli_` is built here and draws what this torch's bernoulli_ draws: checked once per
+    process from several generator positions (fresh, mid-state, at a state's end), probabilities and dtypes."""
+    if _mt_library() is None:
+        return False
+    gen = torch.Generator()
+    for seed, used, n, p, dtype in ((1, 0, 1000, 0.9, torch.float32), (2, 37, 70001, 0.5, torch.float64),
+                                    (3, 620, 1000, 0.1, torch.float32), (4, 623, 1, 0.9, torch.float32)):
+        gen.manual_seed(seed)
+        if used:
+            torch.randint(0, 2, (used,), generator=gen)  # each draws one word
+        before = gen.get_state()
+        expected = torch.empty(n, dtype=dtype).bernoulli_(p, generator=gen)
+        after = gen.get_state()
+        gen.set_state(before)
+        got = mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen)
+        if not (torch.equal(got, expected) and torch.equal(gen.get_state(), after)):
+            return False
+    return True
 
 
 def _float(args: tuple, kwargs: dict, position: int, name: str) -> float:

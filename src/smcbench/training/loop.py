@@ -38,7 +38,7 @@ from smcbench.training.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from smcbench.training.dropout import DROPOUT_RNGS, FastDropout
+from smcbench.training.dropout import DROPOUT_RNGS, dropout_mode
 from smcbench.training.schedules import SCHEDULES, get_schedule, linear_schedule
 
 __all__ = ["TrainConfig", "TrainResult", "epoch_batches", "linear_schedule", "lr_factor", "make_optimizer", "train"]
@@ -233,7 +233,7 @@ class _Loop:
                                 f"{self.accelerator.device.type} keep torch's (set dropout_rng: torch)")
 
     def dropout(self) -> contextlib.AbstractContextManager:
-        return FastDropout() if self.cfg.dropout_rng == "pcg64" else contextlib.nullcontext()
+        return dropout_mode(self.cfg.dropout_rng, self.accelerator.device)
 
     def restore(self) -> None:
         resumed = load_checkpoint(self.root) if self.root else None
