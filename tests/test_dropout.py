@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.test_training import Regression, collate, data, weights
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from smcbench.training import TrainConfig, dropout, train
 from smcbench.training.dropout import FastDropout, TorchStreamDropout, keep_scale, mt19937_bernoulli_
@@ -51,10 +52,16 @@ def _dropout_everywhere() -> list[torch.Tensor]:
     q = torch.randn(8, 4, 25, 16, requires_grad=True)
     blocked = torch.ones(8, 1, 25, 25, dtype=torch.bool)
     blocked[:4, ..., 20:] = False
+    closed = blocked.clone()  # a query that may attend to nothing: torch's safe softmax gives it zeros
+    closed[1, 0, 3] = False
+    added = torch.randn(8, 1, 25, 25)
+    added[2, 0, 5] = -torch.inf
     outputs = [F.dropout(x, 0.1, True), torch.nn.Dropout(0.2)(x * 2), F.dropout(x.double(), 0.5, True),
                F.scaled_dot_product_attention(q, q * 2, q, attn_mask=blocked, dropout_p=0.1),
                F.scaled_dot_product_attention(q, q, q, is_causal=True, dropout_p=0.3),
-               F.scaled_dot_product_attention(q, q, q, attn_mask=torch.randn(8, 1, 25, 25), dropout_p=0.1)]
+               F.scaled_dot_product_attention(q, q, q, attn_mask=torch.randn(8, 1, 25, 25), dropout_p=0.1),
+               F.scaled_dot_product_attention(q, q, q, attn_mask=closed, dropout_p=0.1),
+               F.scaled_dot_product_attention(q, q, q, attn_mask=added, dropout_p=0.1)]
     inplace = x.detach().clone()
     F.dropout(inplace, 0.1, True, inplace=True)
     sum(t.float().square().sum() for t in outputs).backward()
@@ -67,6 +74,29 @@ def test_torch_stream_dropout_is_torchs_dropout_bit_for_bit():
     with TorchStreamDropout():
         got = _dropout_everywhere()
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_stream
+def test_attention_softmax_is_plain_only_where_every_query_has_a_key():
+    q = torch.randn(2, 2, 5, 4)
+    open_, closed = torch.ones(2, 1, 5, 5, dtype=torch.bool), torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    closed[0, 0, 1] = False
+    assert dropout.rows_open(None) and dropout.rows_open(open_) and not dropout.rows_open(closed)
+    assert dropout.rows_open(torch.zeros(2, 1, 1, 5)) and not dropout.rows_open(closed.float().log())
+    for mask, softmax in ((open_, torch.ops.aten._softmax.default), (closed, torch.ops.aten._safe_softmax.default)):
+        with _Ops() as ops, TorchStreamDropout():
+            F.scaled_dot_product_attention(q, q, q, attn_mask=mask, dropout_p=0.5)
+        assert softmax in ops.seen and torch.ops.aten.bernoulli_.float not in ops.seen  # filled, not drawn by torch
 
 
 def test_the_torch_stream_is_used_only_when_it_draws_what_torch_draws():

@@ -91,19 +91,28 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
         value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
     scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
     scores = (query * scale) @ key.transpose(-2, -1)
-    every_row_open = True  # then a plain softmax; else torch's safe one (a row with every key masked: zeros)
+    plain = rows_open(attn_mask)  # before the mask's conversion below
     if is_causal:
         attn_mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
     if attn_mask is not None:  # added, as a float mask: its backward passes the gradient through untouched
         if attn_mask.dtype == torch.bool:
-            every_row_open = bool(attn_mask.any(-1).all())
             blocked = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=scores.device)
             attn_mask = blocked.masked_fill_(~attn_mask, -math.inf)
-        else:
-            every_row_open = False
         scores = scores.add_(attn_mask)
-    probs = scores.softmax(-1) if every_row_open else torch._safe_softmax(scores, -1)
+    probs = scores.softmax(-1) if plain else torch._safe_softmax(scores, -1)
     return _dropout(probs, dropout_p) @ value
+
+
+def rows_open(attn_mask: Tensor | None) -> bool:
+    """Whether every query may attend to some key under `attn_mask` (bool: True attends; float: added; causal or
+    none: always). Then torch's `_safe_softmax`, which zeroes a row of scores that are all -inf, is `softmax`
+    itself, and a plain softmax skips its three passes over the scores (T² each). Scores are finite products plus
+    the mask, so a row is all -inf only where the mask's row is (an overflowing product, a diverged model, aside)."""
+    if attn_mask is None:
+        return True
+    if attn_mask.dtype == torch.bool:
+        return bool(attn_mask.any(-1).all())
+    return not bool(torch.isneginf(attn_mask).all(-1).any())
 
 
 class _DropoutCalls(TorchFunctionMode):
@@ -132,7 +141,9 @@ class TorchStreamDropout(_DropoutCalls):
     `mt19937_bernoulli_` (torch's values; see the module docstring)."""
 
     def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
-        with _TorchBernoulli():
+        attention = func is F.scaled_dot_product_attention
+        mask = (args[3] if len(args) > 3 else kwargs.get("attn_mask")) if attention else None
+        with _TorchBernoulli(plain_softmax=attention and rows_open(mask)):
             return func(*args, **kwargs)
 
 
@@ -146,10 +157,19 @@ def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextMa
 
 
 class _TorchBernoulli(TorchDispatchMode):
+    """Fills bernoulli_ with `mt19937_bernoulli_`; with `plain_softmax` (every row of the attention it runs
+    in is open: `rows_open`), computes `_safe_softmax` as the `_softmax` it then equals, values and backward."""
+
+    def __init__(self, plain_softmax: bool = False) -> None:
+        super().__init__()
+        self.plain_softmax = plain_softmax
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
         kwargs = kwargs or {}
         if func is torch.ops.aten.bernoulli_.float and _fillable(args[0]):
             return mt19937_bernoulli_(args[0], args[1] if len(args) > 1 else 0.5, kwargs.get("generator"))
+        if func is torch.ops.aten._safe_softmax.default and self.plain_softmax and len(args) == 2 and not kwargs:
+            return torch.ops.aten._softmax.default(args[0], args[1], False)
         return func(*args, **kwargs)
 
 
