@@ -5,9 +5,9 @@ machine): the largest cost of a training step that is not a matrix product (12 %
 esm-tiny's on long proteins, where attention's probabilities are dropped). Two ways out:
 
 - "torch" (the default) keeps torch's masks and draws them faster (`TorchStreamDropout`): torch's own dropout runs,
-  and its one `bernoulli_` is filled here from the same generator state with the same mt19937 words, the state
-  regenerated for the whole mask at once and the words turned into draws on several threads (mt19937.c, built at
-  first use), the generator left where torch's kernel leaves it. Same masks, same results, bit for bit, which a
+  and its one `bernoulli_` is filled here from the same generator state with the same mt19937 words, vectorised
+  and in cache-sized tiles (mt19937.c, built at first use; ~0.4 ns a draw on one thread), the generator left
+  where torch's kernel leaves it. Same masks, same results, bit for bit, which a
   check against torch's kernel confirms once per process before it is used: where it differs (torch built with
   MKL on an Intel CPU draws bernoulli_ another way) or no C compiler is found (or SMCBENCH_NATIVE=0), torch draws.
 - "pcg64" draws 16 random bits an element with numpy's PCG64 instead, in parallel: about 0.7 ns an element for the
@@ -180,12 +180,11 @@ def _fillable(t: Tensor) -> bool:
 _MT_N = 624
 _C = ctypes
 _FILL = {torch.float32: "smc_mt_bernoulli_f32", torch.float64: "smc_mt_bernoulli_f64"}
-_MT_FUNCTIONS = {"smc_mt_extend": (None, [_C.c_void_p, _C.c_int64]),
-                 **{name: (None, [_C.c_void_p, _C.c_int64, _C.c_uint64, _C.c_void_p]) for name in _FILL.values()}}
+_MT_FUNCTIONS = {name: (_C.c_int64, [_C.c_void_p, _C.c_int64, _C.c_int64, _C.c_uint64, _C.c_void_p])
+                 for name in _FILL.values()}
 # torch's CPU generator state (CPUGeneratorImplState): `left` (int32) at byte 8, `next` (uint64) at 16, then the
 # 624 state words, each stored in a uint64.
 _LEFT, _NEXT, _WORDS = 8, 16, 24
-_PARALLEL_FROM = 1 << 15  # draws: below, one call (a thread's hand-off costs more than it saves)
 
 
 def _mt_library() -> ctypes.CDLL | None:
@@ -201,32 +200,17 @@ def mt19937_bernoulli_(out: Tensor, p: float, generator: torch.Generator | None 
     gen = torch.default_generator if generator is None else generator
     if n == 0 or not 0 <= p <= 1:
         return out.bernoulli_(p, generator=generator)  # nothing drawn, or torch's own error
-    lib = _mt_library()
     state = gen.get_state()
     raw = state.numpy()
     left, following = int(raw[_LEFT:_LEFT + 4].view(np.int32)[0]), int(raw[_NEXT:_NEXT + 8].view(np.uint64)[0])
+    stored = raw[_WORDS:_WORDS + 8 * _MT_N].view(np.uint64)
+    words = stored.astype(np.uint32)
     pos = _MT_N if left == 1 else following  # left == 1: the state's words are used up (or never twisted)
-    words = raw[_WORDS:_WORDS + 8 * _MT_N].view(np.uint64)
-    # The state and every state after it that the draws reach, in one buffer: word i of the stream is x[pos + i].
-    x = np.empty(-(-(pos + 2 * n) // _MT_N) * _MT_N, dtype=np.uint32)
-    x[:_MT_N] = words
-    lib.smc_mt_extend(x.ctypes.data, x.size)
-    fill, threshold = getattr(lib, _FILL[out.dtype]), math.ceil(p * 2.0**53)  # p·2⁵³: exact in a double
-
-    def chunk(a: int, b: int) -> None:
-        fill(x.ctypes.data + 4 * (pos + 2 * a), b - a, threshold, out.data_ptr() + out.element_size() * a)
-
-    threads = torch.get_num_threads() if n >= _PARALLEL_FROM else 1
-    bounds = [n * i // threads for i in range(threads + 1)]
-    if threads > 1:
-        list(_pool().map(chunk, bounds[:-1], bounds[1:]))  # ctypes lets go of the GIL during each call
-    else:
-        chunk(0, n)
-    last = pos + 2 * n - 1
-    block = last // _MT_N
-    words[:] = x[block * _MT_N:(block + 1) * _MT_N]
-    raw[_NEXT:_NEXT + 8].view(np.uint64)[0] = last - block * _MT_N + 1
-    raw[_LEFT:_LEFT + 4].view(np.int32)[0] = _MT_N - (last - block * _MT_N)
+    fill = getattr(_mt_library(), _FILL[out.dtype])
+    pos = fill(words.ctypes.data, pos, n, math.ceil(p * 2.0**53), out.data_ptr())  # p·2⁵³: exact in a double
+    stored[:] = words
+    raw[_NEXT:_NEXT + 8].view(np.uint64)[0] = pos
+    raw[_LEFT:_LEFT + 4].view(np.int32)[0] = _MT_N + 1 - pos
     gen.set_state(state)
     return out
 
