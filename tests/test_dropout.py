@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.test_training import Regression, collate, data, weights
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 from smcbench.training import TrainConfig, dropout, train
 from smcbench.training.dropout import FastDropout, TorchStreamDropout, keep_scale, mt19937_bernoulli_
@@ -33,6 +33,11 @@ def test_mt19937_bernoulli_draws_what_torchs_kernel_draws_and_leaves_the_generat
     gen.set_state(before)
     assert torch.equal(mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen), expected)
     assert torch.equal(gen.get_state(), after)
+    if 0 < p:  # with dropout's next step, the division by the keep rate, in the same pass
+        gen.set_state(before)
+        got = mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen, divisor=p)
+        torch.testing.assert_close(got, expected.div_(p), rtol=0, atol=0, equal_nan=True)  # p → 0 in float32: NaN
+        assert torch.equal(gen.get_state(), after)
 
 
 @needs_stream
@@ -76,6 +81,27 @@ def test_torch_stream_dropout_is_torchs_dropout_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
+@needs_stream
+def test_a_draw_is_written_before_any_other_operation_sees_the_mask_and_when_the_mode_ends():
+    def draws() -> list[torch.Tensor]:
+        torch.manual_seed(8)
+        first = torch.empty(1000).bernoulli_(0.3).add(1)  # the next operation is not dropout's division
+        halved = torch.empty(1000).bernoulli_(0.3).div_(0.5)  # a division by another number than the keep rate
+        last = torch.empty(1000).bernoulli_(0.3)  # nothing follows: written as the mode ends
+        return [first, halved, last]
+
+    expected = [*draws(), torch.default_generator.get_state()]
+    with dropout._TorchBernoulli():
+        got = draws()
+    got.append(torch.default_generator.get_state())
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    # Python between the draw and its writing that moves the generator is refused (torch's dropout runs none)
+    with pytest.raises(RuntimeError, match="between dropout's bernoulli_ and its mask"), dropout._TorchBernoulli():
+        torch.empty(10).bernoulli_(0.3)
+        torch.manual_seed(1)
+    assert _get_current_dispatch_mode() is None  # the mode ended all the same
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -102,7 +128,7 @@ def test_attention_softmax_is_plain_only_where_every_query_has_a_key():
 def test_the_torch_stream_is_used_only_when_it_draws_what_torch_draws():
     dropout.torch_stream_available.cache_clear()
     try:
-        with mock.patch.object(dropout, "mt19937_bernoulli_", lambda out, p, generator=None: out.fill_(1)):
+        with mock.patch.object(dropout, "mt19937_bernoulli_", lambda out, *args: out.fill_(1)):
             assert not dropout.torch_stream_available()
             assert isinstance(dropout.dropout_mode("torch", torch.device("cpu")), contextlib.nullcontext)
     finally:

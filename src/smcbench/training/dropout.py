@@ -158,19 +158,51 @@ def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextMa
 
 class _TorchBernoulli(TorchDispatchMode):
     """Fills bernoulli_ with `mt19937_bernoulli_`; with `plain_softmax` (every row of the attention it runs
-    in is open: `rows_open`), computes `_safe_softmax` as the `_softmax` it then equals, values and backward."""
+    in is open: `rows_open`), computes `_safe_softmax` as the `_softmax` it then equals, values and backward.
+
+    A draw is written when the next operation comes (or the mode ends): if that is dropout's division of the mask
+    by the keep rate, the draw writes the divided values in the same pass; anything else first sees the mask as
+    bernoulli_ leaves it. The mode is entered around one call of torch's dropout or attention, whose C++ runs no
+    Python between two operations, so nothing reads the mask or the generator before the draw is written; a
+    generator moved in between (which would have drawn after the mask) is an error, not another mask."""
 
     def __init__(self, plain_softmax: bool = False) -> None:
         super().__init__()
         self.plain_softmax = plain_softmax
+        self.drawn: tuple | None = None  # (mask, p, generator, its state) of a bernoulli_ not written yet
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
         kwargs = kwargs or {}
+        if self.drawn is not None:
+            if func is torch.ops.aten.div_.Scalar and _same(args[0], self.drawn[0]) and not kwargs:
+                return self._write(divisor=args[1])
+            self._write()
         if func is torch.ops.aten.bernoulli_.float and _fillable(args[0]):
-            return mt19937_bernoulli_(args[0], args[1] if len(args) > 1 else 0.5, kwargs.get("generator"))
+            generator = kwargs.get("generator")
+            state = (torch.default_generator if generator is None else generator).get_state()
+            self.drawn = (args[0], args[1] if len(args) > 1 else 0.5, generator, state)
+            return args[0]
         if func is torch.ops.aten._safe_softmax.default and self.plain_softmax and len(args) == 2 and not kwargs:
             return torch.ops.aten._softmax.default(args[0], args[1], False)
         return func(*args, **kwargs)
+
+    def _write(self, divisor: float | None = None) -> Tensor:
+        mask, p, generator, state = self.drawn
+        self.drawn = None
+        if not torch.equal((torch.default_generator if generator is None else generator).get_state(), state):
+            raise RuntimeError("a random draw came between dropout's bernoulli_ and its mask being written")
+        return mt19937_bernoulli_(mask, p, generator, divisor)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.drawn is not None:
+                self._write()
+        finally:
+            super().__exit__(*exc)
+
+
+def _same(a: object, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype
 
 
 def _fillable(t: Tensor) -> bool:
@@ -180,7 +212,7 @@ def _fillable(t: Tensor) -> bool:
 _MT_N = 624
 _C = ctypes
 _FILL = {torch.float32: "smc_mt_bernoulli_f32", torch.float64: "smc_mt_bernoulli_f64"}
-_MT_FUNCTIONS = {name: (_C.c_int64, [_C.c_void_p, _C.c_int64, _C.c_int64, _C.c_uint64, _C.c_void_p])
+_MT_FUNCTIONS = {name: (_C.c_int64, [_C.c_void_p, _C.c_int64, _C.c_int64, _C.c_uint64, _C.c_double, _C.c_void_p])
                  for name in _FILL.values()}
 # torch's CPU generator state (CPUGeneratorImplState): `left` (int32) at byte 8, `next` (uint64) at 16, then the
 # 624 state words, each stored in a uint64.
@@ -191,15 +223,18 @@ def _mt_library() -> ctypes.CDLL | None:
     return native.load(Path(__file__).with_name("mt19937.c"), _MT_FUNCTIONS)
 
 
-def mt19937_bernoulli_(out: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+def mt19937_bernoulli_(out: Tensor, p: float, generator: torch.Generator | None = None,
+                       divisor: float | None = None) -> Tensor:
     """`out.bernoulli_(p, generator=generator)` as torch's serial CPU kernel draws it: draw j keeps where the 53 low
     bits of the mt19937 words 2j (high) and 2j + 1 (low), over 2⁵³, are below p; the generator ends where the kernel
-    leaves it. `out`: a contiguous float32 or float64 CPU tensor; needs the compiled helper
-    (`torch_stream_available`)."""
+    leaves it. With `divisor`, then `out.div_(divisor)` in the same pass (kept: 1 / divisor in out's dtype).
+    `out`: a contiguous float32 or float64 CPU tensor; needs the compiled helper (`torch_stream_available`)."""
     n = out.numel()
     gen = torch.default_generator if generator is None else generator
-    if n == 0 or not 0 <= p <= 1:
-        return out.bernoulli_(p, generator=generator)  # nothing drawn, or torch's own error
+    # a divisor that is not positive in out's dtype makes 0 / divisor nonzero (NaN, or -0.0): torch divides
+    if n == 0 or not 0 <= p <= 1 or (divisor is not None and not float(torch.tensor(divisor, dtype=out.dtype)) > 0):
+        out.bernoulli_(p, generator=generator)  # nothing drawn, or torch's own error
+        return out if divisor is None else out.div_(divisor)
     state = gen.get_state()
     raw = state.numpy()
     left, following = int(raw[_LEFT:_LEFT + 4].view(np.int32)[0]), int(raw[_NEXT:_NEXT + 8].view(np.uint64)[0])
@@ -207,7 +242,8 @@ def mt19937_bernoulli_(out: Tensor, p: float, generator: torch.Generator | None 
     words = stored.astype(np.uint32)
     pos = _MT_N if left == 1 else following  # left == 1: the state's words are used up (or never twisted)
     fill = getattr(_mt_library(), _FILL[out.dtype])
-    pos = fill(words.ctypes.data, pos, n, math.ceil(p * 2.0**53), out.data_ptr())  # p·2⁵³: exact in a double
+    kept = 1.0 if divisor is None else float(torch.ones((), dtype=out.dtype).div_(divisor))  # torch's own division
+    pos = fill(words.ctypes.data, pos, n, math.ceil(p * 2.0**53), kept, out.data_ptr())  # p·2⁵³: exact in a double
     stored[:] = words
     raw[_NEXT:_NEXT + 8].view(np.uint64)[0] = pos
     raw[_LEFT:_LEFT + 4].view(np.int32)[0] = _MT_N + 1 - pos
@@ -227,13 +263,15 @@ def torch_stream_available() -> bool:
         gen.manual_seed(seed)
         if used:
             torch.randint(0, 2, (used,), generator=gen)  # each draws one word
-        before = gen.get_state()
-        expected = torch.empty(n, dtype=dtype).bernoulli_(p, generator=gen)
-        after = gen.get_state()
-        gen.set_state(before)
-        got = mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen)
-        if not (torch.equal(got, expected) and torch.equal(gen.get_state(), after)):
-            return False
+        for divisor in (None, p):
+            before = gen.get_state()
+            expected = torch.empty(n, dtype=dtype).bernoulli_(p, generator=gen)
+            expected = expected if divisor is None else expected.div_(divisor)
+            after = gen.get_state()
+            gen.set_state(before)
+            got = mt19937_bernoulli_(torch.empty(n, dtype=dtype), p, gen, divisor)
+            if not (torch.equal(got, expected) and torch.equal(gen.get_state(), after)):
+                return False
     return True
 
 

@@ -43,17 +43,20 @@ static void words(uint32_t *mt, int64_t *pos, int64_t count, uint32_t *w) {
 }
 
 /* torch's bernoulli_(p) of a double p: draw j takes two words, the first the high half of a 64-bit value, and
-   keeps where its 53 low bits, over 2^53, are below p: the value below threshold = ceil(p * 2^53). The state
-   (mt, with pos of its words used) is advanced in place; returns the new pos. */
+   keeps where its 53 low bits, over 2^53, are below p: the value below threshold = ceil(p * 2^53). A kept draw is
+   written as `kept` (1, or what torch's division of 1 by the keep rate gives: dropout's next step in the same
+   pass), a dropped one as 0. The state (mt, with pos of its words used) is advanced in place; returns the new
+   pos. */
 #define BERNOULLI(name, type)                                                                                   \
-    int64_t name(uint32_t *mt, int64_t pos, int64_t n, uint64_t threshold, type *out) {                        \
+    int64_t name(uint32_t *mt, int64_t pos, int64_t n, uint64_t threshold, double kept, type *out) {           \
+        const type one = (type)kept;                                                                            \
         uint32_t w[2 * TILE];                                                                                   \
         for (int64_t j = 0; j < n; j += TILE) {                                                                 \
             int64_t m = n - j < TILE ? n - j : TILE;                                                            \
             words(mt, &pos, 2 * m, w);                                                                          \
             for (int64_t k = 0; k < m; k++) {                                                                   \
                 uint64_t v = ((uint64_t)(w[2 * k] & 0x1fffffu) << 32) | w[2 * k + 1];                           \
-                out[j + k] = v < threshold ? (type)1 : (type)0;                                                 \
+                out[j + k] = v < threshold ? one : (type)0;                                                     \
             }                                                                                                   \
         }                                                                                                       \
         return pos;                                                                                             \
