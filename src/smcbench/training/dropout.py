@@ -6,10 +6,11 @@ esm-tiny's on long proteins, where attention's probabilities are dropped). Two w
 
 - "torch" (the default) keeps torch's masks and draws them faster (`TorchStreamDropout`): torch's own dropout runs,
   and its one `bernoulli_` is filled here from the same generator state with the same mt19937 words, vectorised
-  and in cache-sized tiles (mt19937.c, built at first use; ~0.4 ns a draw on one thread), the generator left
-  where torch's kernel leaves it. Same masks, same results, bit for bit, which a
-  check against torch's kernel confirms once per process before it is used: where it differs (torch built with
-  MKL on an Intel CPU draws bernoulli_ another way) or no C compiler is found (or SMCBENCH_NATIVE=0), torch draws.
+  and in cache-sized tiles (mt19937.c, built at first use; ~0.56 ns a draw on one thread), the generator left
+  where torch's kernel leaves it, and dropout's division of the mask by the keep rate done in the same pass.
+  Same masks, same results, bit for bit, which a check against torch's kernel confirms once per process before
+  it is used: where it differs (a torch build may draw bernoulli_ another way, e.g. through MKL on Intel CPUs)
+  or no C compiler is found (or SMCBENCH_NATIVE=0), torch draws.
 - "pcg64" draws 16 random bits an element with numpy's PCG64 instead, in parallel: about 0.7 ns an element for the
   whole multiplier. The masks differ from torch's, so results differ: an option named in a run's identity.
 
