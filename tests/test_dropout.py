@@ -131,8 +131,12 @@ def test_the_torch_stream_is_used_only_when_it_draws_what_torch_draws():
         with mock.patch.object(dropout, "mt19937_bernoulli_", lambda out, *args: out.fill_(1)):
             assert not dropout.torch_stream_available()
             assert isinstance(dropout.dropout_mode("torch", torch.device("cpu")), contextlib.nullcontext)
+            assert dropout.masks_drawn_by("torch", torch.device("cpu")) == "torch's masks, torch's kernel"
     finally:
         dropout.torch_stream_available.cache_clear()
+    if dropout.torch_stream_available():
+        assert dropout.masks_drawn_by("torch", torch.device("cpu")) == "torch's masks, fast stream"
+    assert dropout.masks_drawn_by("pcg64", torch.device("cpu")) == "pcg64 masks"
     assert isinstance(dropout.dropout_mode("pcg64", torch.device("cpu")), FastDropout)
     assert isinstance(dropout.dropout_mode("torch", torch.device("meta")), contextlib.nullcontext)
 

@@ -10,10 +10,11 @@ T real tokens: 6·N·T for the N weights of the encoder's Linear layers (2 a wei
 12·L·d·T² for attention's two products in L layers of width d; embeddings, norms and the head are left out, so
 MFU understates the work slightly (and padding, which costs time, counts as none).
 
-Our loop runs twice: with torch's dropout (the default; its results are the benchmark's) and with
-`dropout_rng: pcg64` (the same training with dropout masks from a faster stream: different masks, so its accuracy
-is a different draw, printed beside). Our loop also keeps freed memory in the heap (training.allocator), as
-it does in every CPU run; the Trainer's process runs with glibc's defaults, as a user's would.
+Our loop runs twice: with torch's dropout (the default, its masks drawn by training.dropout's fast mt19937 stream,
+bit for bit torch's; its results are the benchmark's) and with `dropout_rng: pcg64` (the same training with
+masks from another stream: different masks, so its accuracy is a different draw, printed beside). Our loop also
+keeps freed memory in the heap (training.allocator), as it does in every CPU run; the Trainer's process runs with
+glibc's defaults and torch's own dropout kernel, as a user's would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 import torch
 
 from smcbench.bench.measure import in_subprocess, matmul_peak_gflops
+from smcbench.training.dropout import masks_drawn_by
 
 
 def _task(train_size: int, eval_size: int, max_length: int, data_dir: str | None):
@@ -129,7 +131,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     flops = encoder_flops(model, examples)
     peak = matmul_peak_gflops()
     result = train(model, examples, task.collate, cfg, lengths=lengths, progress=False)
-    out = {"side": "ours", "dropout_rng": args.dropout_rng, "train_s": result.seconds,
+    out = {"side": "ours", "dropout": masks_drawn_by(args.dropout_rng, torch.device("cpu")), "train_s": result.seconds,
            "questions": result.examples_seen, "questions_per_s": result.examples_per_second,
            "accuracy": task.evaluate(model)["accuracy"]}
     out = _with_mfu(out, flops, peak)
@@ -163,8 +165,8 @@ def run_trainer(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    out = {"side": "trainer", "train_s": seconds, "questions": len(rows), "questions_per_s": len(rows) / seconds,
-           "accuracy": task.evaluate(model)["accuracy"]}
+    out = {"side": "trainer", "dropout": "torch's masks, torch's kernel", "train_s": seconds, "questions": len(rows),
+           "questions_per_s": len(rows) / seconds, "accuracy": task.evaluate(model)["accuracy"]}
     return _with_mfu(out, flops, peak)
 
 
@@ -249,9 +251,10 @@ def render(out: dict, train_size: int, eval_size: int, batch_size: int, max_leng
     lines = [f"MiniLM on the first {train_size} CSQA questions, batch {batch_size}, 1 epoch, max length {max_length}"]
     for side, label in (("trainer", "trainer"), ("ours", "ours"), ("ours_pcg64", "ours, pcg64 dropout")):
         r = out[side]
+        drawn = f"  (dropout: {r['dropout']})" if "dropout" in r else ""
         lines.append(f"  {label:<20} {r['questions_per_s']:6.2f} questions/s ({r['train_s']:6.1f} s)  "
                      f"accuracy {r['accuracy']:.3f} on {eval_size} dev questions  "
-                     f"MFU {r['mfu']:.1%} ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s peak)")
+                     f"MFU {r['mfu']:.1%} ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s peak){drawn}")
     lines.append(f"  speed-up {out['speedup']:.2f}x (with pcg64 dropout {out['speedup_pcg64']:.2f}x); "
                  f"{out['ours']['train_gflop']:.0f} GFLOP of real tokens")
     ours = out["ours"]

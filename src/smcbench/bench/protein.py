@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from smcbench.bench.measure import in_subprocess, matmul_peak_gflops, peak_rss_mb, training_flops
+from smcbench.training.dropout import masks_drawn_by
 
 ESM2_8M = {"hidden_size": 320, "num_hidden_layers": 6, "num_attention_heads": 20, "intermediate_size": 1280,
            "max_position_embeddings": 1026}
@@ -62,8 +63,8 @@ def measure(model: str, fold: int, epochs: int, batch_size: int, max_residues: i
         batches = epoch_batches(lengths, batch_size, 0, 0, bucket)
         return 1 - sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
-    return {"model": model, "dropout_rng": dropout_rng, "params": params, "train_examples": len(examples),
-            "epochs": epochs,
+    return {"model": model, "dropout": masks_drawn_by(dropout_rng, torch.device("cpu")), "params": params,
+            "train_examples": len(examples), "epochs": epochs,
             "seconds_per_epoch": result.seconds / epochs, "eval_s": eval_s, "eval_examples": metrics["eval_examples"],
             "accuracy": metrics["accuracy"], "peak_rss_mb": peak_rss_mb(), "longest_tokens": max(lengths),
             "cut_train_sequences": metrics["cut_train_sequences"],
@@ -101,8 +102,8 @@ if __name__ == "__main__":
 
 
 def render(out: list[dict], fold: int, batch_size: int, epochs: int) -> str:
-    rng = out[0]["dropout_rng"]  # one setting for every model of a run
-    lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), {rng} dropout, each model in its own "
+    drawn = out[0]["dropout"]  # one setting for every model of a run
+    lines = [f"HP-S2C2 fold {fold}, batch {batch_size}, {epochs} epoch(s), dropout: {drawn}, each model in its own "
              "process"]
     for r in out:
         lines.append(f"  {r['model']:<16} {r['params'] / 1e6:6.2f}M params  {r['seconds_per_epoch']:7.1f} s/epoch "

@@ -18,6 +18,7 @@ import time
 import torch
 
 from smcbench.bench.measure import in_subprocess, matmul_peak_gflops, peak_rss_mb, training_flops
+from smcbench.training.dropout import masks_drawn_by
 
 DIRECTIONS = (("fr", "en"), ("en", "fr"))
 
@@ -76,7 +77,8 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
     evals["ours"]["identical_outputs"] = sum(a == b for a, b in zip(outputs["plain"], outputs["ours"], strict=True))
     per_example = _tokens(task, examples) / len(examples)
     achieved = seen * pair_flops / train_s / 1e9
-    return {"side": side, "dropout_rng": dropout_rng if side == "ours" else "torch", "train_s": train_s,
+    drawn = masks_drawn_by(dropout_rng, torch.device("cpu")) if side == "ours" else "torch's masks, torch's kernel"
+    return {"side": side, "dropout": drawn, "train_s": train_s,
             "train_tokens_per_s": seen * per_example / train_s,
             "achieved_gflops": achieved, "peak_gflops": peak, "mfu": achieved / peak,
             "eval": evals, "eval_sentences": len(evaluation), "peak_rss_mb": peak_rss_mb(),
@@ -159,7 +161,7 @@ def render(out: list[dict], model: str, steps: int, batch_size: int, beam: int) 
         evals = "; ".join(f"{loop} {e['eval_sentences_per_s']:5.2f} sentences/s ({e['eval_s']:5.1f} s, BLEU "
                           + ", ".join(f"{k} {v:.2f}" for k, v in e["bleu"].items()) + ")"
                           for loop, e in r["eval"].items())
-        lines.append(f"  {r['side']:<5} train ({r['dropout_rng']} dropout) {r['train_tokens_per_s']:8.0f} tokens/s "
+        lines.append(f"  {r['side']:<5} train (dropout: {r['dropout']}) {r['train_tokens_per_s']:8.0f} tokens/s "
                      f"({r['train_s']:6.1f} s, MFU "
                      f"{r['mfu']:.1%}: {r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f} GFLOP/s), peak "
                      f"{r['peak_rss_mb']:5.0f} MB; generation on this model: {evals}")

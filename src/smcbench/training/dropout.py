@@ -157,6 +157,15 @@ def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
+def masks_drawn_by(rng: str, device: torch.device) -> str:
+    """How the training loop draws dropout masks for `rng` on `device`, in words (the benchmarks print it)."""
+    if rng != "torch":
+        return f"{rng} masks"
+    if device.type == "cpu" and torch_stream_available():
+        return "torch's masks, fast stream"
+    return "torch's masks, torch's kernel"
+
+
 class _TorchBernoulli(TorchDispatchMode):
     """Fills bernoulli_ with `mt19937_bernoulli_`; with `plain_softmax` (every row of the attention it runs
     in is open: `rows_open`), computes `_safe_softmax` as the `_softmax` it then equals, values and backward.
