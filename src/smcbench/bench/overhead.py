@@ -30,6 +30,7 @@ from smcbench.sparsity.learned import L0Gates, VariationalDropout, _input
 from smcbench.sparsity.selection import select_prunable
 from smcbench.training.allocator import keep_freed_memory
 from smcbench.training.callbacks import LoopState
+from smcbench.training.dropout import dropout_mode
 
 KINDS = ("dense", "masked", "variational_dropout", "vd_floor", "l0")
 LEARNED = ("variational_dropout", "vd_floor", "l0")
@@ -81,7 +82,8 @@ def _stepper(kind: str, model: torch.nn.Module, batch: dict, sparsity: float) ->
 
     def step() -> float:
         start = time.perf_counter()
-        out = model(**batch)
+        with dropout_mode("torch", torch.device("cpu")):  # the loop's forward: torch's masks, drawn fast
+            out = model(**batch)
         loss = out.loss if callback is None else callback.loss(state, batch, out, out.loss)
         loss.backward()
         if sparsifier is not None:
