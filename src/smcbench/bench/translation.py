@@ -18,7 +18,7 @@ import time
 import torch
 
 from smcbench.bench.measure import in_subprocess, matmul_peak_gflops, peak_rss_mb, training_flops
-from smcbench.training.dropout import masks_drawn_by
+from smcbench.training.dropout import TORCH_KERNEL, masks_drawn_by
 
 DIRECTIONS = (("fr", "en"), ("en", "fr"))
 
@@ -77,7 +77,7 @@ def measure(side: str, model: str, data_dir: str | None, steps: int, batch_size:
     evals["ours"]["identical_outputs"] = sum(a == b for a, b in zip(outputs["plain"], outputs["ours"], strict=True))
     per_example = _tokens(task, examples) / len(examples)
     achieved = seen * pair_flops / train_s / 1e9
-    drawn = masks_drawn_by(dropout_rng, torch.device("cpu")) if side == "ours" else "torch's masks, torch's kernel"
+    drawn = masks_drawn_by(dropout_rng, torch.device("cpu")) if side == "ours" else TORCH_KERNEL
     return {"side": side, "dropout": drawn, "train_s": train_s,
             "train_tokens_per_s": seen * per_example / train_s,
             "achieved_gflops": achieved, "peak_gflops": peak, "mfu": achieved / peak,

@@ -20,6 +20,7 @@ whose CPU kernel draws its own mask; a TorchFunctionMode active during the forwa
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import functools
@@ -116,7 +117,7 @@ def rows_open(attn_mask: Tensor | None) -> bool:
     return not bool(torch.isneginf(attn_mask).all(-1).any())
 
 
-class _DropoutCalls(TorchFunctionMode):
+class _DropoutCalls(TorchFunctionMode, abc.ABC):
     """While active, dropout in training (F.dropout, and scaled_dot_product_attention with dropout_p > 0) goes to
     `draw`; every other call passes through."""
 
@@ -126,8 +127,9 @@ class _DropoutCalls(TorchFunctionMode):
             return self.draw(func, args, kwargs)
         return func(*args, **kwargs)
 
+    @abc.abstractmethod
     def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
-        raise NotImplementedError
+        """The dropout call `func(*args, **kwargs)`, computed with this mode's masks."""
 
 
 class FastDropout(_DropoutCalls):
@@ -141,11 +143,26 @@ class TorchStreamDropout(_DropoutCalls):
     """dropout_rng "torch", drawn fast: torch's dropout and attention run as they are, their bernoulli_ filled by
     `mt19937_bernoulli_` (torch's values; see the module docstring)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # rows_open per mask: every layer of a forward passes the same mask, checked once (held: its id stays its)
+        self.open: dict[int, tuple[Tensor, int, bool]] = {}
+
     def draw(self, func, args: tuple, kwargs: dict) -> Tensor:  # noqa: ANN001
-        attention = func is F.scaled_dot_product_attention
-        mask = (args[3] if len(args) > 3 else kwargs.get("attn_mask")) if attention else None
-        with _TorchBernoulli(plain_softmax=attention and rows_open(mask)):
+        plain = False
+        if func is F.scaled_dot_product_attention:
+            mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+            plain = self.rows_open(mask)
+        with _TorchBernoulli(plain_softmax=plain):
             return func(*args, **kwargs)
+
+    def rows_open(self, mask: Tensor | None) -> bool:
+        if mask is None:
+            return True
+        held = self.open.get(id(mask))
+        if held is None or held[0] is not mask or held[1] != mask._version:
+            held = self.open[id(mask)] = (mask, mask._version, rows_open(mask))
+        return held[2]
 
 
 def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -157,13 +174,13 @@ def dropout_mode(rng: str, device: torch.device) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
+TORCH_KERNEL = "torch's masks, torch's kernel"
+
+
 def masks_drawn_by(rng: str, device: torch.device) -> str:
     """How the training loop draws dropout masks for `rng` on `device`, in words (the benchmarks print it)."""
-    if rng != "torch":
-        return f"{rng} masks"
-    if device.type == "cpu" and torch_stream_available():
-        return "torch's masks, fast stream"
-    return "torch's masks, torch's kernel"
+    mode = type(dropout_mode(rng, device))
+    return {FastDropout: "pcg64 masks", TorchStreamDropout: "torch's masks, fast stream"}.get(mode, TORCH_KERNEL)
 
 
 class _TorchBernoulli(TorchDispatchMode):
