@@ -78,3 +78,35 @@ def test_the_search_projects_through_a_padded_head_with_the_same_logits_and_give
     ids, mask = sources(1, 9)
     beam_search(model, ids, mask, decoder_start_token_id=50, num_beams=4, max_new_tokens=8)
     assert model.get_output_embeddings() is head
+
+
+def test_the_search_cache_selects_rows_on_update_with_the_plain_caches_values():
+    """Beam swaps and sentences leaving, then the next token: the search's cache layers hold what transformers'
+    DynamicLayer holds after the same calls, bit for bit and in the same layout."""
+    import copy
+
+    from smcbench.training.generation import _search_cache
+
+    model = tiny_mbart(1, 2.0)
+    ids, mask = sources(1, 3)
+    hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state.repeat_interleave(2, dim=0)
+    mask = mask.repeat_interleave(2, dim=0)
+    step = torch.full((6, 1), 50)
+    with torch.no_grad():
+        cache = model(attention_mask=mask, encoder_outputs=(hidden,), decoder_input_ids=step, use_cache=True).cache
+    plain = copy.deepcopy(cache)
+    _search_cache(cache)
+    assert {type(layer).__name__ for layer in cache.self_attention_cache.layers} == {"SelectOnUpdate"}
+    assert {type(layer).__name__ for layer in cache.cross_attention_cache.layers} == {"SelectNow"}
+    swap, leave = torch.tensor([1, 1, 2, 3, 5, 4]), torch.tensor([0, 1, 4, 5])  # then sentence 1 leaves
+    for c in (cache, plain):
+        c.self_attention_cache.reorder_cache(swap)
+        c.batch_select_indices(leave)
+    new = torch.randn(4, 4, 1, 8)
+    for ours, theirs in zip(cache.self_attention_cache.layers, plain.self_attention_cache.layers, strict=True):
+        assert ours.get_seq_length() == theirs.get_seq_length() == 1
+        got, expected = ours.update(new, -new), theirs.update(new, -new)
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b) and a.stride() == b.stride()
+    for ours, theirs in zip(cache.cross_attention_cache.layers, plain.cross_attention_cache.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)

@@ -10,6 +10,10 @@ early-stop test. Three things are not done, none of which changes an output:
   the whole batch is done;
 - the cross-attention cache is not reordered when beams swap: its rows for one sentence's beams are equal (the
   encoder states are repeated per beam), so reordering them within the sentence copies equal values;
+- the self-attention cache is not copied twice a step (reordered for the beams, then concatenated with the new
+  token's keys and values): the row selections (beam swaps, sentences leaving) wait for the next step's update,
+  which writes the selected rows and the new token into the new cache in one pass (`_SelectOnUpdate`); the
+  attention reads the same values in the same layout;
 - no logits processors, stopping criteria or output bookkeeping beyond what this search uses.
 Models whose generation config asks for more (no-repeat n-grams, a minimum length, a repetition penalty, ...) are
 not supported: `supported()` says so and the caller uses `generate`.
@@ -17,6 +21,7 @@ not supported: `supported()` says so and the caller uses `generate`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -65,6 +70,77 @@ class _PaddedHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)[..., :self.out]
+
+
+@functools.cache
+def _cache_layers() -> tuple[type, type] | None:
+    """Cache layers for the search, made from transformers' `DynamicLayer` (None where this transformers has none):
+    the self-attention's (`_SelectOnUpdate`) and the cross-attention's (rows selected by `index_select`)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class SelectOnUpdate(DynamicLayer):
+        """A self-attention cache whose row selections wait for the next update. Keys after a reorder by `a`,
+        then a selection of `b`, are `keys[a][b]` = `keys[a[b]]`: the indices compose, and the update writes
+        `keys[rows]` and the new token's keys into the new cache at once; `DynamicLayer` copies the cache for
+        each selection and again to concatenate (two thirds of a decoding step's copying on mbart-tiny)."""
+
+        rows: Tensor | None = None
+
+        def reorder_cache(self, beam_idx: Tensor) -> None:
+            self._select(beam_idx)
+
+        def batch_select_indices(self, indices: Tensor) -> None:
+            self._select(indices)
+
+        def _select(self, rows: Tensor) -> None:
+            if self.get_seq_length() > 0:
+                rows = rows.to(self.keys.device)
+                self.rows = rows if self.rows is None else self.rows[rows]
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[Tensor, Tensor]:
+            if self.rows is None:
+                return super().update(key_states, value_states, *args, **kwargs)
+            self.keys = _select_then_append(self.keys, self.rows, key_states)
+            self.values = _select_then_append(self.values, self.rows, value_states)
+            self.rows = None
+            return self.keys, self.values
+
+    class SelectNow(DynamicLayer):
+        """A cross-attention cache whose row selection (sentences leaving) is `index_select`: the same rows as
+        `DynamicLayer`'s advanced indexing, a quarter of its time on these shapes."""
+
+        def batch_select_indices(self, indices: Tensor) -> None:
+            if self.get_seq_length() > 0:
+                self.keys = self.keys.index_select(0, indices.to(self.keys.device))
+                self.values = self.values.index_select(0, indices.to(self.values.device))
+
+    return SelectOnUpdate, SelectNow
+
+
+def _select_then_append(cache: Tensor, rows: Tensor, new: Tensor) -> Tensor:
+    """`torch.cat([cache.index_select(0, rows), new], dim=-2)`, written once: no intermediate selected copy."""
+    out = cache.new_empty(rows.numel(), *cache.shape[1:-2], cache.shape[-2] + new.shape[-2], cache.shape[-1])
+    torch.index_select(cache, 0, rows, out=out[..., : cache.shape[-2], :])
+    out[..., cache.shape[-2]:, :] = new
+    return out
+
+
+def _search_cache(cache: Any) -> None:
+    """Give the model's fresh encoder-decoder cache the search's layers (`_cache_layers`), where it is made of
+    transformers' plain `DynamicLayer`s; any other cache is left as it is (and searched all the same)."""
+    layers = _cache_layers()
+    if layers is None:
+        return
+    from transformers.cache_utils import DynamicLayer
+
+    for part, kind in (("self_attention_cache", layers[0]), ("cross_attention_cache", layers[1])):
+        for layer in getattr(getattr(cache, part, None), "layers", ()):
+            if type(layer) is DynamicLayer:
+                layer.__class__ = kind  # adds behaviour, no state: the layer's tensors stay as they are
 
 
 def _padded_head(model: nn.Module, rows: int) -> _PaddedHead | None:
@@ -131,6 +207,8 @@ def _beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, de
     while True:
         out = model(attention_mask=mask, encoder_outputs=(hidden,), decoder_input_ids=tokens, use_cache=True,
                     return_dict=True, **{cache_arg: cache})
+        if cache is None:
+            _search_cache(getattr(out, cache_arg))
         cache = getattr(out, cache_arg)
         n = live.numel()
         log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
@@ -186,7 +264,7 @@ def _beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, de
             stay = (~frozen).nonzero().flatten()
             flat = (stay[:, None] * k + torch.arange(k, device=device)).reshape(-1)
             cache.batch_select_indices(flat)
-            hidden, mask = hidden[flat], mask[flat]
+            hidden, mask = hidden.index_select(0, flat), mask.index_select(0, flat)
             running, running_scores, finished = running[stay], running_scores[stay], finished[stay]
             finished_scores, is_finished = finished_scores[stay], is_finished[stay]
             open_heuristic = open_heuristic[stay]
