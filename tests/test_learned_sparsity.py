@@ -217,6 +217,11 @@ def test_the_learned_phase_is_trained_once_for_every_level(tiny_model_path, data
 from smcbench.sparsity import learned as engine  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    monkeypatch.setattr(engine, "_CHUNK", 1 << 16)  # several chunks in these tests' tensors, the last one partial
+
+
 def _weights_and_log_sigma2(n=200_003):  # not a multiple of the chunk: the last chunk is partial
     gen = torch.Generator().manual_seed(7)
     w = torch.randn(n, generator=gen) * 0.05
@@ -238,6 +243,18 @@ def test_the_fused_vd_penalty_and_its_gradients_equal_autograd_on_the_formula():
     torch.testing.assert_close(s2.grad, 2 * s1.grad, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(w2.grad, 2 * w1.grad, rtol=1e-5, atol=1e-6)
     assert (s2.grad[:5] == 0).all() and (s2.grad[5:] != 0).any()  # clamped: no gradient, as torch's clamp gives
+
+
+def test_the_fused_penalties_gradients_do_not_depend_on_the_chunk_size(monkeypatch):
+    w, s = _weights_and_log_sigma2()
+    grads = []
+    for chunk in (1 << 16, 1 << 20):
+        monkeypatch.setattr(engine, "_CHUNK", chunk)
+        w1, s1, a1 = w.clone().requires_grad_(), s.clone().requires_grad_(), (s + 8).requires_grad_()
+        engine._VDKLSum.apply(s1, w1).backward()
+        engine._OpenProbabilitySum.apply(a1).backward()
+        grads.append((s1.grad, w1.grad, a1.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_the_fused_l0_penalty_and_gate_sample_equal_autograd_on_the_formula():
