@@ -4,7 +4,7 @@ early_stopping=True)` and less work.
 The search is Hugging Face's vectorised one, step for step and in the same floating-point operations: 2K candidates
 a step from the accumulated log-probabilities, candidates that end (EOS or the length limit) scored by
 sum / length^length_penalty into a sentence's K finished hypotheses, the forced EOS at the last position, the same
-early-stop test. Three things are not done, none of which changes an output:
+early-stop test. Four things are not done, none of which changes an output:
 - a sentence whose finished hypotheses can no longer change (all K finished, or no running beam can beat the worst
   of them) leaves the batch, with its rows of the key/value caches: `generate` keeps decoding it, every step, until
   the whole batch is done;
@@ -12,7 +12,7 @@ early-stop test. Three things are not done, none of which changes an output:
   encoder states are repeated per beam), so reordering them within the sentence copies equal values;
 - the self-attention cache is not copied twice a step (reordered for the beams, then concatenated with the new
   token's keys and values): the row selections (beam swaps, sentences leaving) wait for the next step's update,
-  which writes the selected rows and the new token into the new cache in one pass (`_SelectOnUpdate`); the
+  which writes the selected rows and the new token into the new cache in one pass (`_cache_layers`); the
   attention reads the same values in the same layout;
 - no logits processors, stopping criteria or output bookkeeping beyond what this search uses.
 Models whose generation config asks for more (no-repeat n-grams, a minimum length, a repetition penalty, ...) are
@@ -75,7 +75,8 @@ class _PaddedHead(nn.Module):
 @functools.cache
 def _cache_layers() -> tuple[type, type] | None:
     """Cache layers for the search, made from transformers' `DynamicLayer` (None where this transformers has none):
-    the self-attention's (`_SelectOnUpdate`) and the cross-attention's (rows selected by `index_select`)."""
+    the self-attention's (`SelectOnUpdate`) and the cross-attention's (`SelectNow`). Made on first use, so that
+    importing this module does not import transformers."""
     try:
         from transformers.cache_utils import DynamicLayer
     except ImportError:
