@@ -1,5 +1,7 @@
 """Our beam search against transformers' generate on the same weights and inputs: the same outputs, token for token."""
 
+from unittest import mock
+
 import pytest
 import torch
 from transformers import MBartConfig, MBartForConditionalGeneration
@@ -67,17 +69,20 @@ def test_models_asking_for_more_than_beam_search_are_not_supported():
 
 
 def test_the_search_projects_through_a_padded_head_with_the_same_logits_and_gives_the_model_back():
-    from smcbench.training.generation import _padded_head
+    from smcbench.training.heads import PaddedHead, padded_head
 
     model = tiny_mbart(1, 2.0)
     head = model.get_output_embeddings()
-    padded = _padded_head(model, 36)
-    assert padded is not None and padded.weight.shape == (64, 32)  # 60 columns padded to 64
-    x = torch.randn(36, 32)
-    assert torch.equal(padded(x), head(x))
-    ids, mask = sources(1, 9)
-    beam_search(model, ids, mask, decoder_start_token_id=50, num_beams=4, max_new_tokens=8)
+    with torch.no_grad(), padded_head(model, 36) as used:
+        padded = model.get_output_embeddings()
+        assert used and isinstance(padded, PaddedHead) and padded.padded()[0].shape == (64, 32)  # 60 -> 64
+        x = torch.randn(36, 32)
+        assert torch.equal(padded(x), head(x))
     assert model.get_output_embeddings() is head
+    ids, mask = sources(1, 9)
+    with mock.patch("smcbench.training.generation.padded_head", wraps=padded_head) as used:
+        beam_search(model, ids, mask, decoder_start_token_id=50, num_beams=4, max_new_tokens=8)
+    assert used.call_count == 1 and model.get_output_embeddings() is head
 
 
 def test_the_search_cache_selects_rows_on_update_with_the_plain_caches_values():

@@ -471,3 +471,52 @@ def test_keeping_freed_memory_can_be_turned_off_by_the_environment():
     env = {**os.environ, "SMCBENCH_KEEP_FREED_MEMORY": "0"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+def _tied_seq2seq():
+    from transformers import MBartConfig, MBartForConditionalGeneration
+
+    torch.manual_seed(3)
+    config = MBartConfig(vocab_size=61, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                         d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
+                         tie_word_embeddings=True, dropout=0.1)
+    return MBartForConditionalGeneration(config)
+
+
+def _pairs(n=24):
+    gen = torch.Generator().manual_seed(4)
+    return [(torch.randint(3, 61, (int(torch.randint(3, 9, (), generator=gen)),), generator=gen).tolist(),
+             torch.randint(3, 61, (int(torch.randint(3, 9, (), generator=gen)),), generator=gen).tolist())
+            for _ in range(n)]
+
+
+def _collate_pairs(rows):
+    def pad(seqs, value):
+        longest = max(len(s) for s in seqs)
+        return torch.tensor([s + [value] * (longest - len(s)) for s in seqs])
+
+    src, tgt = [r[0] + [2] for r in rows], [r[1] + [2] for r in rows]
+    return {"input_ids": pad(src, 1), "attention_mask": pad([[1] * len(s) for s in src], 0),
+            "labels": pad(tgt, -100)}
+
+
+def test_an_odd_width_tied_head_trains_through_its_padded_weight_to_the_same_bits():
+    """61 output columns, the head tied to both embeddings (three gradients meet in one weight): training through
+    the padded head gives the plain head's model bit for bit, and the model keeps its own head."""
+    from unittest import mock
+
+    from smcbench.training import heads
+
+    cfg = TrainConfig(lr=1e-2, batch_size=6, max_steps=4, weight_decay=0.01)
+    padded, plain = _tied_seq2seq(), _tied_seq2seq()
+    head = padded.get_output_embeddings()
+    heads._AGREED.clear()
+    with mock.patch.object(heads, "_PaddedProduct", wraps=heads._PaddedProduct) as product:
+        train(padded, _pairs(), _collate_pairs, cfg, progress=False)
+    assert product.apply.call_count == 1 + 4 and padded.get_output_embeddings() is head  # the probe, the 4 steps
+    assert padded.get_output_embeddings().weight is padded.get_input_embeddings().weight  # still tied
+    with mock.patch("smcbench.training.loop.padded_head", lambda model: heads.contextlib.nullcontext(False)):
+        train(plain, _pairs(), _collate_pairs, cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(padded.state_dict().values(), plain.state_dict().values(),
+                                                 strict=True))

@@ -26,8 +26,9 @@ import inspect
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from smcbench.training.heads import padded_head
 
 # Generation settings this search implements; any other set to a non-default value sends the caller to `generate`.
 _NEUTRAL = {"no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
@@ -53,23 +54,6 @@ def supported(model: nn.Module) -> bool:
 def _eos(model: nn.Module) -> int:
     eos = model.generation_config.eos_token_id
     return int(eos[0] if isinstance(eos, list) else eos)
-
-
-class _PaddedHead(nn.Module):
-    """An output projection whose weight is padded with zero rows to a multiple of 16, its extra logits cut off.
-    MKL's product for an odd vocabulary width runs at half speed (mbart-tiny's 8,029 columns: 6.5 ms a decoding
-    step against 4.0 padded), and each logit is the same dot product over the same hidden state either way; that
-    the kept logits are bit-identical is checked, not assumed (`_padded_head` compares them on a probe)."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        self.head, self.out = head, head.out_features
-        extra = -self.out % 16
-        self.weight = torch.cat([head.weight, head.weight.new_zeros(extra, head.in_features)])
-        self.bias = None if head.bias is None else torch.cat([head.bias, head.bias.new_zeros(extra)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)[..., :self.out]
 
 
 @functools.cache
@@ -144,32 +128,16 @@ def _search_cache(cache: Any) -> None:
                 layer.__class__ = kind  # adds behaviour, no state: the layer's tensors stay as they are
 
 
-def _padded_head(model: nn.Module, rows: int) -> _PaddedHead | None:
-    """The padded head, if the model's head is a plain Linear of odd width and the padded product gives its
-    logits bit for bit on `rows` probe rows (the search's first step's count); else None (the plain head)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not nn.Linear or head.out_features % 16 == 0 or not hasattr(model, "set_output_embeddings"):
-        return None
-    padded = _PaddedHead(head)
-    probe = torch.randn(rows, head.in_features, generator=torch.Generator().manual_seed(0)).to(head.weight)
-    return padded if torch.equal(padded(probe), head(probe)) else None
-
-
 @torch.no_grad()
 def beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, decoder_start_token_id: int,
                 num_beams: int, max_new_tokens: int) -> list[list[int]]:
     """The best finished hypothesis of each source sentence (token ids after the start token, through its EOS),
     as `model.generate(input_ids, attention_mask=..., decoder_start_token_id=..., num_beams=num_beams,
     max_new_tokens=max_new_tokens, early_stopping=True)` returns them (padding aside). An output projection of odd
-    width is computed padded (`_PaddedHead`) when its logits equal the plain ones on a probe of as many rows."""
-    padded = _padded_head(model, input_ids.shape[0] * num_beams)
-    if padded is None:
+    width is computed padded (`heads.padded_head`) when its logits equal the plain ones on a probe of as many rows
+    as the first step has."""
+    with padded_head(model, input_ids.shape[0] * num_beams):
         return _beam_search(model, input_ids, attention_mask, decoder_start_token_id, num_beams, max_new_tokens)
-    model.set_output_embeddings(padded)
-    try:
-        return _beam_search(model, input_ids, attention_mask, decoder_start_token_id, num_beams, max_new_tokens)
-    finally:
-        model.set_output_embeddings(padded.head)
 
 
 def _beam_search(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, decoder_start_token_id: int,

@@ -4,6 +4,8 @@ AdamW (fused where available), a learning-rate schedule from the registry (train
 accumulation, gradient clipping, evaluation every N updates on a validation split with model selection, checkpoint
 and resume, seeds, dynamic padding with length bucketing. fp32 on CPU, bf16 autocast on GPU; `accelerate` spreads a
 run over several GPUs when present. Methods enter through callbacks (training.callbacks), never as branches here.
+An output projection of odd width is computed through its padded weight (training.heads: the same logits and
+gradients, checked on a probe; MKL's product at an odd width runs at half speed).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from smcbench.training.checkpoint import (
     set_rng_state,
 )
 from smcbench.training.dropout import DROPOUT_RNGS, dropout_mode
+from smcbench.training.heads import padded_head
 from smcbench.training.schedules import SCHEDULES, get_schedule, linear_schedule
 
 __all__ = ["TrainConfig", "TrainResult", "epoch_batches", "linear_schedule", "lr_factor", "make_optimizer", "train"]
@@ -262,7 +265,7 @@ class _Loop:
             with record_function("collate"):
                 batch = {k: v.to(accelerator.device) for k, v in self.collate([self.examples[i]
                                                                                 for i in indices]).items()}
-            with record_function("forward"), accelerator.autocast(), self.dropout():
+            with record_function("forward"), accelerator.autocast(), self.dropout(), padded_head(self.raw_model):
                 outputs = self.loss_fn(self.model, batch)
                 loss = loss_value(outputs)
                 for cb in self.callbacks:
